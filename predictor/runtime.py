@@ -76,5 +76,6 @@ class OnnxPredictor:
                 if s.ndim != 2 or s.shape[1] != self.feature_dim:
                     raise ModelMismatchError(f"sequence {start + i} has shape {s.shape}, want [T, {self.feature_dim}]")
                 x[i, : s.shape[0]] = s
-            out[start : start + len(chunk)] = self.session.run(["probabilities"], {"features": x, "lengths": lengths})[0]
+            feeds = {"features": x, "lengths": lengths}
+            out[start : start + len(chunk)] = self.session.run(["probabilities"], feeds)[0]
         return out

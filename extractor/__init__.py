@@ -1,0 +1,1 @@
+"""Stage 1: decode -> sample -> per-frame CNN features (ONNX Runtime). No FastAPI/Celery here."""

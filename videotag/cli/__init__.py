@@ -1,0 +1,25 @@
+"""`videotag` command line. Each module in _COMMAND_MODULES registers its commands on `app`."""
+
+from __future__ import annotations
+
+import importlib
+
+from videotag.cli.app import app
+
+# One module per group of commands; add yours here.
+_COMMAND_MODULES = [
+    "videotag.cli.core",  # setup, tag, extract, predict
+]
+
+
+def _load() -> None:
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name)
+
+
+def main() -> None:
+    _load()
+    app()
+
+
+__all__ = ["app", "main"]
