@@ -37,8 +37,10 @@ class Settings(BaseSettings):
 
     # --- stage 1 ------------------------------------------------------------------------------------
     frames: int = Field(300, ge=1, le=10000, description="Frames sampled per video.")
-    sampling: Literal["segment", "timestamp"] = Field(
-        "segment", description="segment: VideoTag's centre-of-segment rule; timestamp: uniform in time (VFR)."
+    sampling: Literal["segment", "timestamp"] | None = Field(
+        None,
+        description="segment: VideoTag's centre-of-segment rule; timestamp: uniform in time (for VFR); "
+        "unset: the backbone manifest's choice.",
     )
     batch_size: int = Field(32, ge=1, description="Frames per backbone batch.")
 

@@ -1,0 +1,1 @@
+"""Per-frame CNN backbones (torch), each returning pooled features [B, D] from normalised NCHW input."""

@@ -1,0 +1,237 @@
+"""`videotag setup | tag | extract | predict`: the pipeline from the command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from videotag import pipeline
+from videotag.cli.app import app
+from videotag.cli.common import console, fail, guard, make_settings, out, setup_logging
+from videotag.schema import VideoResult
+from videotag.settings import Settings
+
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: info logs, -vv: debug.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Predictor: a folder name under weights/ or a model directory (default: settings.model)."
+    ),
+]
+
+
+def _ensure_defaults(settings: Settings, model: str | None) -> None:
+    """Export the default models on first use, so `tag` works right after install."""
+    from videotag import defaults
+
+    names = {model or settings.model, settings.backbone}
+    if names & {defaults.BACKBONE, defaults.PREDICTOR} and not (
+        (settings.weights_dir / defaults.BACKBONE / "manifest.json").is_file()
+        and (settings.weights_dir / defaults.PREDICTOR / "manifest.json").is_file()
+    ):
+        console.print(f"exporting the default models to {settings.weights_dir} (once)…")
+        defaults.export_defaults(settings.weights_dir)
+
+
+@app.command()
+@guard
+def setup(
+    force: Annotated[bool, typer.Option(help="Re-export even if valid models exist.")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Export the default models (EfficientNet-Lite0 backbone + ImageNet frame-pooling predictor) to weights/."""
+    setup_logging(max(verbose, 1))
+    from videotag.defaults import export_defaults
+
+    settings = make_settings()
+    t = time.perf_counter()
+    b, p = export_defaults(settings.weights_dir, force=force)
+    console.print(f"[green]ready[/] backbone {b}  predictor {p}  ({time.perf_counter() - t:.1f}s)")
+
+
+def _progress(total: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=total <= 1,
+    )
+
+
+def _print_result(res: VideoResult, show: int) -> None:
+    if not res.ok:
+        console.print(f"[red]FAILED[/] {res.source}: [bold]{res.error['code']}[/]: {res.error['reason']}")
+        return
+    if not res.tags:
+        note = "features stored" if res.model is None else "no tag above the threshold"
+        out.print(f"[bold]{res.source}[/]: {note}")
+        return
+    t = Table(title=res.source, title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("rank", justify="right")
+    t.add_column("class_id", justify="right")
+    t.add_column("class_name")
+    t.add_column("probability", justify="right")
+    for i, tag in enumerate(res.tags[:show], 1):
+        t.add_row(str(i), str(tag.class_id), tag.class_name, f"{tag.probability:.4f}")
+    out.print(t)
+
+
+def _run(
+    sources: list[str],
+    settings: Settings,
+    model: str | None,
+    out_dir: Path | None,
+    features: Path | None,
+    predict: bool,
+    show: int,
+    as_json: bool,
+) -> int:
+    if not sources:
+        fail("no input videos (give files, directories, URLs or --filelist)")
+    writer = pipeline.ResultWriter(out_dir) if out_dir else None
+    ok = failed = 0
+    t0 = time.perf_counter()
+    try:
+        with _progress(len(sources)) as prog:
+            task = prog.add_task("tagging" if predict else "extracting", total=len(sources), ok=0, failed=0)
+            for res in pipeline.tag_sources(sources, settings, model, features_out=features, predict=predict):
+                ok, failed = ok + res.ok, failed + (not res.ok)
+                prog.update(task, advance=1, ok=ok, failed=failed)
+                if writer:
+                    writer.write(res)
+                if as_json:
+                    print(res.model_dump_json(), flush=True)
+                else:
+                    _print_result(res, show)
+    finally:
+        if writer:
+            writer.close()
+    dt = time.perf_counter() - t0
+    console.print(
+        f"[bold]{ok + failed} video(s): [green]{ok} ok[/], [{'red' if failed else 'green'}]{failed} failed[/][/]"
+        f" in {dt:.1f}s ({(ok + failed) / dt:.2f} videos/s)"
+        + (f"; results in {out_dir}" if out_dir else "")
+        + (f"; features in {features}" if features else "")
+    )
+    return 1 if failed else 0
+
+
+Inputs = Annotated[
+    list[str] | None,
+    typer.Argument(help="Video files, directories (searched recursively) or http(s) URLs.", show_default=False),
+]
+Filelist = Annotated[
+    Path | None, typer.Option("--filelist", "-f", help="Text file with one video path per line (VideoTag format).")
+]
+Frames = Annotated[int | None, typer.Option(help="Frames sampled uniformly per video [default: 300].")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Frames per CNN batch [default: 32].")]
+Sampling = Annotated[
+    str | None,
+    typer.Option(help="segment (VideoTag's rule) or timestamp (uniform in time, for VFR) [default: the backbone's]."),
+]
+
+
+@app.command()
+@guard
+def tag(
+    inputs: Inputs = None,
+    filelist: Filelist = None,
+    model: ModelOpt = None,
+    topk: Annotated[int | None, typer.Option(help="Tags per video [default: 20].")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Drop tags below this probability.")] = None,
+    frames: Frames = None,
+    batch_size: BatchSize = None,
+    sampling: Sampling = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write results.jsonl + one VideoTag-format JSON per video here."),
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option(help="Also keep the features: FILE.h5 (one shard) or a directory (shard per video).")
+    ] = None,
+    show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Tag videos: decode, sample frames, CNN features, predictor -> ranked {class_id, class_name, probability}.
+
+    Exit status is 1 when any video failed; every failure is reported with its path and reason.
+    """
+    setup_logging(verbose)
+    settings = make_settings(
+        topk=topk, threshold=threshold, frames=frames, batch_size=batch_size, sampling=sampling
+    )
+    _ensure_defaults(settings, model)
+    sources = pipeline.expand_inputs(inputs or [], filelist)
+    raise typer.Exit(_run(sources, settings, model, out_dir, features, True, show, as_json))
+
+
+@app.command()
+@guard
+def extract(
+    inputs: Inputs = None,
+    filelist: Filelist = None,
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="FILE.h5 (one shard) or a directory (one shard per video).")
+    ] = Path("features.h5"),
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Use the backbone this predictor needs (bundles may carry one).")
+    ] = None,
+    frames: Frames = None,
+    batch_size: BatchSize = None,
+    sampling: Sampling = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Stage 1 only: videos -> per-frame features in an HDF5 feature store."""
+    setup_logging(verbose)
+    settings = make_settings(frames=frames, batch_size=batch_size, sampling=sampling)
+    _ensure_defaults(settings, model)
+    sources = pipeline.expand_inputs(inputs or [], filelist)
+    raise typer.Exit(_run(sources, settings, model, None, out_path, False, 0, False))
+
+
+@app.command()
+@guard
+def predict(
+    stores: Annotated[list[Path], typer.Argument(help="Feature store files (.h5) or directories of them.")],
+    model: ModelOpt = None,
+    ids: Annotated[
+        Path | None, typer.Option("--ids", help="Only these videos: a file with one id or source path per line.")
+    ] = None,
+    topk: Annotated[int | None, typer.Option(help="Tags per video [default: 20].")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Drop tags below this probability.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write results here (as `tag --out`).")] = None,
+    show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Stage 2 only: ranked tags from stored features (no decoding). Refuses features of another backbone."""
+    setup_logging(verbose)
+    settings = make_settings(topk=topk, threshold=threshold)
+    _ensure_defaults(settings, model)
+    wanted = pipeline.read_filelist(ids) if ids else None
+    writer = pipeline.ResultWriter(out_dir) if out_dir else None
+    ok = failed = 0
+    try:
+        for res in pipeline.predict_store(stores, settings, model, wanted):
+            ok, failed = ok + res.ok, failed + (not res.ok)
+            if writer:
+                writer.write(res)
+            if as_json:
+                print(res.model_dump_json(), flush=True)
+            else:
+                _print_result(res, show)
+    finally:
+        if writer:
+            writer.close()
+    console.print(f"[bold]{ok + failed} video(s): {ok} ok, {failed} failed[/]")
+    raise typer.Exit(1 if failed else 0)

@@ -1,0 +1,443 @@
+"""The one pipeline behind every door: extract -> store -> predict.
+
+The CLI (`videotag tag/extract/predict`), the API and the Celery tasks call these functions; nothing here knows
+about HTTP or queues. Models are loaded lazily once per process (after any fork).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from extractor.backbone import FrameExtractor
+from extractor.engine import Extraction, _Failed, extract_many
+from predictor.runtime import OnnxPredictor
+from videotag.errors import VideoError, VideotagError
+from videotag.hashing import sha256_file
+from videotag.schema import VideoResult, rank
+from videotag.settings import Settings
+from videotag.store import FeatureRecord, FeatureStore, ShardWriter, write_shard
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = {
+    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".qt", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts",
+    ".mts", ".3gp", ".ogv", ".vob", ".mxf", ".divx",
+}  # fmt: skip
+ID_LENGTH = 32  # hex chars of the content sha256 used as the video id
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://"))
+
+
+def read_filelist(path: str | Path) -> list[str]:
+    """VideoTag's filelist: one path per line. Spaces and non-ASCII are kept; blank lines skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise VideotagError(f"cannot read filelist {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise VideotagError(f"filelist {path} is not UTF-8 text ({e})") from e
+    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
+
+
+def expand_inputs(inputs: Iterable[str], filelist: str | Path | None = None) -> list[str]:
+    """Videos, directories (recursive, by video extension), URLs and a filelist -> ordered list of sources.
+
+    Paths that don't exist are kept: they are reported per item as `missing`, never dropped.
+    """
+    items = list(inputs) + (read_filelist(filelist) if filelist else [])
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if not is_url(item) and p.is_dir():
+            found = sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in VIDEO_EXTENSIONS and q.is_file())
+            if not found:
+                log.warning("%s: directory contains no video files (extensions: %s)", item, "/".join(VIDEO_EXTENSIONS))
+            out.extend(found)
+        else:
+            out.append(item)
+    return out
+
+
+def fetch_url(url: str, dest_dir: Path, settings: Settings) -> Path:
+    """Download an http(s) URL with size and time limits; VideoError(download_failed) on any failure."""
+    import httpx
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(urllib.parse.urlparse(url).path).name or "video"
+    fd, tmp = tempfile.mkstemp(prefix=".dl-", suffix="-" + name[-80:], dir=dest_dir)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as f, httpx.stream(
+            "GET", url, follow_redirects=True, timeout=settings.download_timeout_s
+        ) as r:
+            if r.status_code != 200:
+                raise VideoError(url, "download_failed", f"HTTP {r.status_code} from server")
+            for chunk in r.iter_bytes(1 << 20):
+                size += len(chunk)
+                if size > settings.max_download_bytes:
+                    raise VideoError(url, "download_failed", f"larger than {settings.max_download_bytes} bytes")
+                f.write(chunk)
+    except httpx.HTTPError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise VideoError(url, "download_failed", f"{type(e).__name__}: {e}") from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def video_id_for(path: str | Path) -> str:
+    """Content-based id: the first 32 hex chars of the file's sha256 (same bytes -> same id)."""
+    return sha256_file(path)[:ID_LENGTH]
+
+
+# --------------------------------------------------------------------------------------------- models
+@dataclass
+class Models:
+    extractor: FrameExtractor
+    predictor: OnnxPredictor
+    model_name: str
+
+
+def backbone_dir_for(settings: Settings, model: str | None = None) -> Path:
+    """A predictor bundle may carry its own backbone (`DIR/backbone/`); else the configured backbone."""
+    pdir = settings.resolve_model_dir(model or settings.model)
+    if (pdir / "backbone" / "manifest.json").is_file():
+        return pdir / "backbone"
+    return settings.resolve_model_dir(settings.backbone)
+
+
+@lru_cache(maxsize=8)
+def _load_extractor(path: str, providers: tuple[str, ...], threads: int) -> FrameExtractor:
+    return FrameExtractor(path, list(providers), threads)
+
+
+@lru_cache(maxsize=8)
+def _load_predictor(path: str, providers: tuple[str, ...], threads: int) -> OnnxPredictor:
+    return OnnxPredictor(path, list(providers), threads)
+
+
+def get_extractor(settings: Settings, model: str | None = None) -> FrameExtractor:
+    bdir = backbone_dir_for(settings, model)
+    return _load_extractor(str(bdir.resolve()), tuple(settings.providers), settings.intra_op_threads)
+
+
+def get_predictor(settings: Settings, model: str | None = None) -> OnnxPredictor:
+    pdir = settings.resolve_model_dir(model or settings.model)
+    return _load_predictor(str(pdir.resolve()), tuple(settings.providers), settings.intra_op_threads)
+
+
+def load_models(settings: Settings, model: str | None = None) -> Models:
+    """Backbone + predictor for `model` (default: settings.model), checked to belong together."""
+    ex = get_extractor(settings, model)
+    pr = get_predictor(settings, model)
+    pr.check_features(ex.name, ex.sha256, ex.feature_dim, where=f"backbone {ex.dir}")
+    return Models(ex, pr, pr.name)
+
+
+# --------------------------------------------------------------------------------------------- stage 1
+def to_record(ex: Extraction, extractor: FrameExtractor, video_id: str, content_sha256: str) -> FeatureRecord:
+    info = ex.info
+    return FeatureRecord(
+        video_id=video_id,
+        features=ex.features,
+        source=ex.source,
+        content_sha256=content_sha256,
+        duration=float(info.duration),
+        fps=float(info.fps),
+        decoded_frames=int(info.decoded_frames),
+        sample_indices=ex.plan.indices,
+        sample_timestamps=ex.plan.timestamps,
+        sampling=ex.plan.policy,
+        backbone=extractor.name,
+        backbone_sha256=extractor.sha256,
+        meta={
+            "width": info.width,
+            "height": info.height,
+            "rotation": info.rotation,
+            "codec": info.codec,
+            "container": info.container,
+            "header_frames": info.header_frames,
+            "warnings": json.dumps(info.warnings),
+        },
+    )
+
+
+def error_result(source: str, exc: BaseException, video_id: str = "") -> VideoResult:
+    """A per-item error record: specific for VideoError/VideotagError, recorded (with traceback) otherwise."""
+    if isinstance(exc, VideoError):
+        err = {"code": exc.code, "reason": exc.reason}
+    elif isinstance(exc, VideotagError):
+        err = {"code": "model_error", "reason": str(exc)}
+    else:
+        log.error("%s: unexpected %s", source, type(exc).__name__, exc_info=exc)
+        err = {"code": "internal_error", "reason": f"{type(exc).__name__}: {exc}"}
+    return VideoResult(video_id=video_id, source=source, ok=False, error=err)
+
+
+def extract_to_store(
+    source: str,
+    features_dir: Path,
+    settings: Settings,
+    model: str | None = None,
+    video_id: str | None = None,
+) -> dict:
+    """Stage 1 for one local file or URL into its own shard `features_dir/<backbone>/<video_id>.h5`.
+
+    Idempotent: when that shard exists it is reused, never rewritten or duplicated. Raises VideoError for bad
+    input (permanent) and OSError for I/O trouble (transient). Returns the store location.
+    """
+    t0 = time.perf_counter()
+    extractor = get_extractor(settings, model)
+    local, tmp = source, None
+    if is_url(source):
+        tmp = fetch_url(source, settings.uploads_dir, settings)
+        local = str(tmp)
+    try:
+        _check_local(local, source)
+        sha = sha256_file(local)
+        vid = video_id or sha[:ID_LENGTH]
+        shard = Path(features_dir) / extractor.name / f"{vid}.h5"
+        if shard.is_file():
+            log.info("%s: features already stored in %s", source, shard)
+            rec = FeatureStore(shard)
+            n = rec.get(vid).num_frames
+            rec.close()
+            return {"path": str(shard), "video_id": vid, "source": source, "num_frames": n, "reused": True,
+                    "timings": {"total_s": round(time.perf_counter() - t0, 4)}}  # fmt: skip
+        (res,) = list(extract_many([local], extractor, settings.frames, settings.sampling, settings.batch_size))
+        if isinstance(res, _Failed):
+            raise _as_source_error(res.error, source)
+        res.source = source
+        write_shard(shard, [to_record(res, extractor, vid, sha)], on_exists="keep")
+        timings = {**res.timings, "total_s": round(time.perf_counter() - t0, 4)}
+        return {"path": str(shard), "video_id": vid, "source": source, "num_frames": int(res.features.shape[0]),
+                "reused": False, "timings": timings}  # fmt: skip
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _as_source_error(exc: BaseException, source: str) -> BaseException:
+    """Report errors against the user's source (URL), not the temporary download path."""
+    if isinstance(exc, VideoError) and exc.source != source:
+        return VideoError(source, exc.code, exc.reason)
+    return exc
+
+
+def _check_local(path: str, source: str) -> None:
+    """Cheap checks before decoding, so the error names the real problem."""
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(source, "missing", "no such file")
+    if p.is_dir():
+        raise VideoError(source, "invalid_input", "is a directory, not a video file")
+    if not os.access(p, os.R_OK):
+        raise VideoError(source, "unreadable", "permission denied")
+
+
+# --------------------------------------------------------------------------------------------- stage 2
+def predict_records(
+    predictor: OnnxPredictor,
+    records: list[FeatureRecord],
+    topk: int,
+    threshold: float | None,
+    model_name: str | None = None,
+) -> list[VideoResult]:
+    """Rank classes for already-extracted records; refuses features from another backbone."""
+    for r in records:
+        predictor.check_features(r.backbone, r.backbone_sha256, r.feature_dim, where=r.source)
+    if not records:
+        return []
+    t = time.perf_counter()
+    probs = predictor.predict([r.features.astype("float32") for r in records])
+    per = (time.perf_counter() - t) / len(records)
+    return [
+        VideoResult(
+            video_id=r.video_id,
+            source=r.source,
+            ok=True,
+            tags=rank(p, predictor.vocab.names, topk, threshold),
+            model=model_name or predictor.name,
+            timings={"predict_s": round(per, 5)},
+        )
+        for r, p in zip(records, probs, strict=True)
+    ]
+
+
+def predict_from_store(
+    location: dict,
+    settings: Settings,
+    model: str | None = None,
+    topk: int | None = None,
+    threshold: float | None = None,
+) -> VideoResult:
+    """Stage 2 only, from a store location {"path", "video_id"} written by stage 1."""
+    predictor = get_predictor(settings, model)
+    with FeatureStore(location["path"]) as store:
+        rec = store.get(location["video_id"])
+    th = threshold if threshold is not None else settings.threshold
+    (res,) = predict_records(predictor, [rec], topk or settings.topk, th)
+    res.source = location.get("source", rec.source)
+    res.features = {"path": location["path"], "video_id": rec.video_id}
+    return res
+
+
+# --------------------------------------------------------------------------------------------- batch (CLI)
+def tag_sources(
+    sources: list[str],
+    settings: Settings,
+    model: str | None = None,
+    features_out: Path | None = None,
+    predict: bool = True,
+    on_result: Callable[[VideoResult], None] | None = None,
+) -> Iterator[VideoResult]:
+    """Tag many videos in one process: decode ahead while the CNN runs; one result per source, in order.
+
+    With `features_out` the features are also kept: a `.h5` path -> one shard for the run, a directory ->
+    one shard per video (same layout as the service). With predict=False only stage 1 runs.
+    """
+    models = load_models(settings, model) if predict else None
+    extractor = models.extractor if models else get_extractor(settings, model)
+    writer = ShardWriter(features_out, on_exists="replace") if features_out and features_out.suffix == ".h5" else None
+    tmpdir = Path(tempfile.mkdtemp(prefix="videotag-dl-"))
+    written: set[str] = set()
+    try:
+        local: list[str] = []
+        early: dict[int, VideoResult] = {}
+        for i, src in enumerate(sources):  # resolve URLs and obviously bad paths before decoding
+            try:
+                path = str(fetch_url(src, tmpdir, settings)) if is_url(src) else src
+                _check_local(path, src)
+                local.append(path)
+            except VideoError as e:
+                early[i] = error_result(src, e)
+                local.append("")
+        todo = [p for p in local if p]
+        stream = extract_many(todo, extractor, settings.frames, settings.sampling, settings.batch_size)
+        for i, src in enumerate(sources):
+            if i in early:
+                res = early[i]
+            else:
+                res = _finish_one(src, next(stream), extractor, models, settings, writer, features_out, written)
+            if on_result:
+                on_result(res)
+            yield res
+    finally:
+        if writer is not None:
+            if written:
+                writer.close()
+            else:
+                writer.abort()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _finish_one(
+    src: str,
+    item: Extraction | _Failed,
+    extractor: FrameExtractor,
+    models: Models | None,
+    settings: Settings,
+    writer: ShardWriter | None,
+    features_out: Path | None,
+    written: set[str],
+) -> VideoResult:
+    if isinstance(item, _Failed):
+        return error_result(src, _as_source_error(item.error, src))
+    try:
+        item.source = src
+        sha = sha256_file(item.source if not is_url(src) else item.info.source)
+        vid = sha[:ID_LENGTH]
+        rec = to_record(item, extractor, vid, sha)
+        location = None
+        if writer is not None:
+            if vid not in written:
+                writer.add(rec)
+                written.add(vid)
+            location = {"path": str(features_out), "video_id": vid}
+        elif features_out is not None:
+            shard = features_out / extractor.name / f"{vid}.h5"
+            write_shard(shard, [rec], on_exists="keep")
+            location = {"path": str(shard), "video_id": vid}
+        if models is None:
+            res = VideoResult(video_id=vid, source=src, ok=True)
+        else:
+            (res,) = predict_records(models.predictor, [rec], settings.topk, settings.threshold, models.model_name)
+        res.features = location
+        res.timings = {**item.timings, **res.timings}
+        return res
+    except (VideotagError, OSError, ValueError) as e:
+        return error_result(src, e)
+
+
+def predict_store(
+    store_paths: list[Path], settings: Settings, model: str | None = None, ids: list[str] | None = None
+) -> Iterator[VideoResult]:
+    """Stage 2 over feature stores (all videos, or the given ids/sources); one result per video."""
+    predictor = get_predictor(settings, model)
+    with FeatureStore(store_paths) as store:
+        batch: list[FeatureRecord] = []
+        for key in ids if ids is not None else store.ids():
+            vid = store.resolve(key)
+            if vid is None:
+                err = {"code": "not_in_store", "reason": "no such id or source in the feature store"}
+                yield VideoResult(video_id=key, source=key, ok=False, error=err)
+                continue
+            batch.append(store.get(vid))
+            if len(batch) >= 64:
+                yield from predict_records(predictor, batch, settings.topk, settings.threshold)
+                batch = []
+        yield from predict_records(predictor, batch, settings.topk, settings.threshold)
+
+
+# --------------------------------------------------------------------------------------------- results
+def result_filename(res: VideoResult, used: set[str]) -> str:
+    """VideoTag names result files after the video; disambiguate equal basenames with the id."""
+    base = Path(urllib.parse.urlparse(res.source).path).name or res.video_id or "video"
+    name = f"{base}.json"
+    if name in used:
+        name = f"{base}.{res.video_id[:8] or len(used)}.json"
+    used.add(name)
+    return name
+
+
+class ResultWriter:
+    """Writes `results.jsonl` (one object per video, as they come) + one VideoTag-format JSON per ok video."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.out_dir / "results.jsonl", "w", encoding="utf-8")
+        self._used: set[str] = set()
+
+    def write(self, res: VideoResult) -> None:
+        self._jsonl.write(res.model_dump_json() + "\n")
+        self._jsonl.flush()
+        if res.ok and res.tags:
+            path = self.out_dir / result_filename(res, self._used)
+            path.write_text(json.dumps(res.videotag_format(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+    def close(self) -> None:
+        self._jsonl.close()
+
+
+def write_results(results: Iterable[VideoResult], out_dir: Path) -> None:
+    w = ResultWriter(out_dir)
+    try:
+        for r in results:
+            w.write(r)
+    finally:
+        w.close()
