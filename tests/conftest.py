@@ -87,3 +87,13 @@ def shared_videos() -> Path:
     if not (SHARED_VIDEOS / "README.md").is_file():
         pytest.skip(f"real clips not found at {SHARED_VIDEOS} (expected ../shared/videos beside the checkout)")
     return SHARED_VIDEOS
+
+
+@pytest.fixture(scope="session")
+def default_weights() -> Path:
+    """The default models under weights/ (exported once, as `videotag setup` does)."""
+    from videotag.defaults import export_defaults
+
+    weights = REPO / "weights"
+    export_defaults(weights)
+    return weights

@@ -75,7 +75,8 @@ def _print_result(res: VideoResult, show: int) -> None:
         note = "features stored" if res.model is None else "no tag above the threshold"
         out.print(f"[bold]{res.source}[/]: {note}")
         return
-    t = Table(title=res.source, title_justify="left", show_edge=False, pad_edge=False)
+    out.print(f"[bold]{res.source}[/]  [dim]{res.video_id} · {res.model}[/]")
+    t = Table(show_edge=False, pad_edge=False, box=None)
     t.add_column("rank", justify="right")
     t.add_column("class_id", justify="right")
     t.add_column("class_name")

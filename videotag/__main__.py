@@ -1,0 +1,5 @@
+"""`python -m videotag ...` == `videotag ...`."""
+
+from videotag.cli import main
+
+main()
