@@ -9,7 +9,7 @@ tells in which orientation the picture is shown.
 Main entry points:
 - `make_video(path, frames=40, size=(160, 120), fps=25, codec=None, rotation=0, vfr=False, audio=False)`
 - `make_audio_only`, `make_truncated`, `make_not_a_video`, `make_unknown_codec`, `make_no_frames`,
-  `make_corrupt_frames` for the bad-input cases.
+  `make_corrupt_frames` for the bad-input cases; `set_avi_frame_count` for a header that lies.
 - `vfr_times(frames, fps)`: the presentation times (seconds) `make_video(vfr=True)` gives its frames.
 - `render_frame(k, size)`: the exact RGB image frame k was made from.
 
@@ -291,22 +291,45 @@ def make_no_frames(path: str | Path, size: tuple[int, int] = (160, 120)) -> Path
     return path
 
 
-def make_corrupt_frames(path: str | Path, frames: int = 10, size: tuple[int, int] = (160, 120)) -> Path:
-    """An .mkv whose video packets are all replaced by random bytes: a video stream with no decodable frame."""
+def make_corrupt_frames(
+    path: str | Path, frames: int = 10, size: tuple[int, int] = (160, 120), corrupt: set[int] | None = None
+) -> Path:
+    """An .mkv of intra-only MPEG-4 frames whose packets numbered in `corrupt` (None = all) hold random bytes.
+
+    With corrupt=None: a video stream with no decodable frame. Otherwise the other frames still decode.
+    """
     path = Path(path)
     src = path.with_name(path.stem + ".src.mkv")
-    make_video(src, frames=frames, size=size, codec="mpeg4", gop=1000)
+    make_video(src, frames=frames, size=size, codec="mpeg4", gop=1)
     rng = np.random.default_rng(0)
     with av.open(str(src)) as inp, av.open(str(path), "w", format="matroska") as out:
         istream = inp.streams.video[0]
         ostream = out.add_stream_from_template(istream)
-        for packet in inp.demux(istream):
-            if packet.size == 0:
-                continue
-            bad = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
-            bad.pts, bad.dts, bad.time_base, bad.stream = packet.pts, packet.dts, packet.time_base, ostream
-            out.mux(bad)
+        for i, packet in enumerate(p for p in inp.demux(istream) if p.size):
+            if corrupt is None or i in corrupt:
+                bad = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                bad.pts, bad.dts, bad.time_base = packet.pts, packet.dts, packet.time_base
+                bad.is_keyframe = packet.is_keyframe
+                packet = bad
+            packet.stream = ostream
+            out.mux(packet)
     src.unlink()
+    return path
+
+
+def set_avi_frame_count(path: str | Path, count: int) -> Path:
+    """Overwrite the frame count an AVI's headers claim (avih dwTotalFrames, strh dwLength): a lying header."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    avih, strh = data.find(b"avih"), data.find(b"strh")
+    if avih < 0 or strh < 0:
+        raise ValueError(f"{path} has no AVI main/stream header")
+    # avih: tag, size, dwMicroSecPerFrame, dwMaxBytesPerSec, dwPaddingGranularity, dwFlags, dwTotalFrames
+    data[avih + 24 : avih + 28] = count.to_bytes(4, "little")
+    # strh: tag, size, fccType, fccHandler, dwFlags, wPriority+wLanguage, dwInitialFrames, dwScale, dwRate,
+    #       dwStart, dwLength
+    data[strh + 40 : strh + 44] = count.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
     return path
 
 
