@@ -66,8 +66,10 @@ def export_onnx(model: SequenceModel, path: str | Path, opset: int = OPSET) -> f
 
 
 def _torch_export(model: SequenceModel, x: torch.Tensor, lens: torch.Tensor, path: str | Path, opset: int) -> None:
+    # The wrapper must be in eval mode too: the exporter restores the wrapper's mode recursively afterwards,
+    # which would otherwise leave `model` in training mode (dropout/BN) for the parity check.
     torch.onnx.export(
-        _Probabilities(model),
+        _Probabilities(model).eval(),
         (x, lens),
         str(path),
         input_names=["features", "lengths"],

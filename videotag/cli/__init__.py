@@ -9,6 +9,7 @@ from videotag.cli.app import app
 # One module per group of commands; add yours here.
 _COMMAND_MODULES = [
     "videotag.cli.core",  # setup, tag, extract, predict
+    "videotag.cli.stage2",  # train, evaluate, export, check-dataset, ensemble
 ]
 
 

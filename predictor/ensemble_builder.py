@@ -1,0 +1,142 @@
+"""`videotag ensemble`: build an ensemble predictor directory from exported member dirs and/or checkpoints.
+
+Checkpoint members are exported first (parity-checked). All members must share the feature dim, the backbone
+(name + weights sha256) and the vocabulary; the merged ONNX graph averages their probabilities with the given
+weights, is checked against the members' own ONNX outputs, and gets a manifest whose `config` rebuilds the
+torch architecture with `create_model("ensemble", **config)`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.checkpoint import export_checkpoint
+from predictor.export import OPSET, PARITY_TOL, parity_batch
+from predictor.models.ensemble import compose_onnx, normalise_weights
+from videotag.errors import ModelMismatchError
+from videotag.manifest import LABELS_NAME, MANIFEST_NAME, WEIGHTS_NAME, read_manifest, write_manifest
+from videotag.vocab import Vocabulary
+
+
+def _member_dirs(members: Sequence[str | Path], tmp: Path) -> list[Path]:
+    dirs = []
+    for i, m in enumerate(members):
+        p = Path(m)
+        if p.is_dir() and (p / MANIFEST_NAME).is_file():
+            dirs.append(p)
+        else:  # a checkpoint file or a training run dir
+            dirs.append(export_checkpoint(p, tmp / f"member{i}"))
+    return dirs
+
+
+def _check_compatible(manifests: list[dict[str, Any]], dirs: list[Path]) -> None:
+    ref, ref_dir = manifests[0], dirs[0]
+    for m, d in zip(manifests[1:], dirs[1:], strict=True):
+        if int(m["feature_dim"]) != int(ref["feature_dim"]):
+            raise ModelMismatchError(
+                f"ensemble members take different features: {ref_dir} {ref['feature_dim']}-d, {d} {m['feature_dim']}-d"
+            )
+        for key in ("name", "sha256"):
+            a, b = (ref.get("backbone") or {}).get(key), (m.get("backbone") or {}).get(key)
+            if a != b:
+                raise ModelMismatchError(
+                    f"ensemble members were trained on different backbones ({key}: {ref_dir} {a!r}, {d} {b!r})"
+                )
+        if m["vocabulary"]["sha256"] != ref["vocabulary"]["sha256"]:
+            raise ModelMismatchError(
+                f"ensemble members predict different vocabularies: {ref_dir} "
+                f"({ref['vocabulary']['num_classes']} classes) vs {d} ({m['vocabulary']['num_classes']} classes)"
+            )
+
+
+def _parity(merged: Path, member_files: list[Path], weights: list[float], feature_dim: int) -> float:
+    import onnxruntime as ort
+
+    x, lens = parity_batch(feature_dim)
+    feeds = {"features": x.numpy(), "lengths": lens.numpy()}
+
+    def run(p: Path) -> np.ndarray:
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        return sess.run(["probabilities"], feeds)[0]
+
+    ref = sum(w * run(p) for w, p in zip(weights, member_files, strict=True))
+    return float(np.abs(run(merged) - ref).max())
+
+
+def build_ensemble(members: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None) -> Path:
+    """Write an ensemble predictor dir (model.onnx + labels.txt + manifest.json) and return its path."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    norm = normalise_weights(weights, len(members))
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="videotag-ensemble-") as tmp_s:
+        tmp = Path(tmp_s)
+        dirs = _member_dirs(members, tmp)
+        manifests = [read_manifest(d, kind="predictor") for d in dirs]
+        _check_compatible(manifests, dirs)
+        files = [d / m["weights"] for d, m in zip(dirs, manifests, strict=True)]
+        stage = out.with_name(out.name + ".tmp")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        compose_onnx(files, norm, stage / WEIGHTS_NAME)
+        ref = manifests[0]
+        diff = _parity(stage / WEIGHTS_NAME, files, norm, int(ref["feature_dim"]))
+        if diff > PARITY_TOL:
+            raise AssertionError(f"merged ensemble graph differs from its members' average by {diff:.2e}")
+        vocab = Vocabulary.load(dirs[0] / ref["vocabulary"]["file"])
+        vocab.save(stage / LABELS_NAME)
+        config = {
+            "feature_dim": int(ref["feature_dim"]),
+            "num_classes": int(ref["num_classes"]),
+            "members": [
+                {
+                    "name": m["architecture"],
+                    "config": {k: v for k, v in m["config"].items() if k not in ("feature_dim", "num_classes")},
+                }
+                for m in manifests
+            ],
+            "weights": [float(w) for w in (weights if weights is not None else [1.0] * len(members))],
+        }
+        manifest = {
+            "kind": "predictor",
+            "architecture": "ensemble",
+            "config": config,
+            "feature_dim": int(ref["feature_dim"]),
+            "num_classes": int(ref["num_classes"]),
+            "backbone": ref.get("backbone"),
+            "vocabulary": {"file": LABELS_NAME, "sha256": vocab.sha256, "num_classes": len(vocab)},
+            "inputs": {"features": "float32 [B, T, D]", "lengths": "int64 [B]"},
+            "output": "probabilities",
+            "opset": OPSET,
+            "onnx_parity_max_abs_diff": diff,
+            "fusion_weights": norm,
+            "members": [
+                {
+                    "source": str(src),
+                    "architecture": m["architecture"],
+                    "sha256": m["sha256"],
+                    "weight": w,
+                    "metrics": m.get("metrics", {}),
+                }
+                for src, m, w in zip(members, manifests, norm, strict=True)
+            ],
+            "metrics": {},
+        }
+        write_manifest(stage, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    return out
+
+
+def set_metrics(model_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """Record evaluation metrics in a predictor dir's manifest (the weights, and so the sha256, are unchanged)."""
+    m = read_manifest(model_dir, kind="predictor")
+    m["metrics"] = metrics
+    write_manifest(model_dir, m, m["weights"])

@@ -1,0 +1,130 @@
+"""`videotag evaluate`: score a model (exported dir or training checkpoint) on a feature store + label file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from predictor.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
+from predictor.data import DatasetError, SequenceDataset, load_labelled, pad_collate, store_backbone
+from predictor.metrics import evaluate_all
+from predictor.models import SequenceModel
+from videotag.errors import ModelMismatchError
+from videotag.manifest import MANIFEST_NAME, now_iso
+from videotag.store import FeatureStore
+from videotag.vocab import Vocabulary
+
+
+@torch.no_grad()
+def predict_torch(model: SequenceModel, dataset: SequenceDataset, batch_size: int = 64) -> np.ndarray:
+    """Probabilities [N, C] of a torch model over a dataset, in dataset order (eval mode)."""
+    was_training = model.training
+    model.eval()
+    out = np.empty((len(dataset), model.num_classes), dtype=np.float32)
+    # Sort by length so each padded batch wastes little; results go back to dataset order.
+    order = sorted(range(len(dataset)), key=lambda i: dataset.sequence(i).shape[0])
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = pad_collate([dataset[i] for i in idx])
+        out[idx] = model.probabilities(batch["features"], batch["lengths"]).numpy()
+    model.train(was_training)
+    return out
+
+
+def check_backbone(model_name: str, want: dict[str, Any], have: dict[str, Any]) -> None:
+    """Refuse features from another backbone or dim than the model was trained on."""
+    if int(want.get("feature_dim") or have["feature_dim"]) != int(have["feature_dim"]):
+        raise ModelMismatchError(
+            f"model {model_name} expects {want['feature_dim']}-d features but the store holds "
+            f"{have['feature_dim']}-d features from backbone {have.get('name')!r}"
+        )
+    if want.get("name") and have.get("name") and want["name"] != have["name"]:
+        raise ModelMismatchError(
+            f"model {model_name} was trained on {want['name']!r} features but the store's come from "
+            f"{have['name']!r}; extract with the matching backbone"
+        )
+    if want.get("sha256") and have.get("sha256") and want["sha256"] != have["sha256"]:
+        raise ModelMismatchError(
+            f"model {model_name} needs features from {want.get('name')} weights {want['sha256'][:12]}… but the "
+            f"store's were made with weights {have['sha256'][:12]}…"
+        )
+
+
+class _Scorer:
+    """A model to evaluate: exported ONNX directory or a torch checkpoint, behind one interface."""
+
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        if p.is_dir() and (p / MANIFEST_NAME).is_file():
+            from predictor.runtime import OnnxPredictor
+
+            self.kind = "onnx"
+            self.onnx = OnnxPredictor(p)
+            self.vocab = self.onnx.vocab
+            self.architecture = self.onnx.manifest["architecture"]
+            self.backbone = {**self.onnx.backbone, "feature_dim": self.onnx.feature_dim}
+        else:
+            self.kind = "checkpoint"
+            ckpt = load_checkpoint(p)
+            self.model = model_from_checkpoint(ckpt)
+            self.vocab = checkpoint_vocab(ckpt)
+            self.architecture = ckpt["model"]
+            self.backbone = dict(ckpt["backbone"])
+        self.name = str(p)
+
+    def predict(self, dataset: SequenceDataset, batch_size: int) -> np.ndarray:
+        if self.kind == "onnx":
+            seqs = [np.asarray(dataset.sequence(i), dtype=np.float32) for i in range(len(dataset))]
+            return self.onnx.predict(seqs, batch_size=batch_size)
+        return predict_torch(self.model, dataset, batch_size)
+
+
+def evaluate(
+    model: str | Path,
+    features: Sequence[str | Path],
+    labels: str | Path,
+    vocab: str | Path | None = None,
+    batch_size: int = 32,
+    gap_k: int = 20,
+    recall_ks: tuple[int, ...] = (1, 5, 20),
+    out_json: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of `model` on the labelled videos; writes the JSON report when `out_json` is given."""
+    scorer = _Scorer(model)
+    if vocab is not None:
+        v = Vocabulary.load(vocab)
+        if v.sha256 != scorer.vocab.sha256:
+            raise ModelMismatchError(
+                f"labels use vocabulary {vocab} ({len(v)} classes, sha256 {v.sha256[:12]}…) but model {model} "
+                f"predicts another one ({len(scorer.vocab)} classes, sha256 {scorer.vocab.sha256[:12]}…)"
+            )
+    store = FeatureStore(features)
+    res = load_labelled(labels, scorer.vocab, store)
+    have = store_backbone(store, res.video_ids)
+    check_backbone(scorer.name, scorer.backbone, have)
+    ds = SequenceDataset(store, res.video_ids, res.labels, len(scorer.vocab))
+    probs = scorer.predict(ds, batch_size)
+    if not np.isfinite(probs).all():
+        raise DatasetError(f"model {model} produced NaN/inf scores (NaN features in the store? run check-dataset)")
+    metrics = evaluate_all(probs, ds.targets, gap_k=gap_k, recall_ks=recall_ks)
+    report = {
+        "model": str(model),
+        "model_kind": scorer.kind,
+        "architecture": scorer.architecture,
+        "features": [str(f) for f in features],
+        "labels": str(labels),
+        "backbone": have,
+        "vocabulary": {"num_classes": len(scorer.vocab), "sha256": scorer.vocab.sha256},
+        "metrics": metrics,
+        "created": now_iso(),
+    }
+    if out_json is not None:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    store.close()
+    return report

@@ -1,0 +1,256 @@
+"""Stage-2 commands: train, evaluate, export, check-dataset, ensemble."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from videotag.cli.app import app
+from videotag.errors import VideotagError
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input -> one clear `error:` line and exit code 2, never a traceback (bugs still raise)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (VideotagError, ValueError, OSError) as e:
+            _err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _parse_sets(pairs: list[str] | None, json_config: str | None) -> dict[str, Any]:
+    """`--model-config JSON` then `--set KEY=VALUE` (VALUE as JSON when it parses, else a string)."""
+    out: dict[str, Any] = {}
+    if json_config:
+        try:
+            cfg = json.loads(json_config)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--model-config is not valid JSON ({e})") from None
+        if not isinstance(cfg, dict):
+            raise ValueError("--model-config must be a JSON object, e.g. '{\"hidden\": 512}'")
+        out.update(cfg)
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    """One row per metric, one column per model (stays readable in an 80-column terminal)."""
+    keys = [k for k in rows[0][1] if not k.startswith("num_")] if rows else []
+    t = Table(title=title)
+    t.add_column("metric")
+    for name, _ in rows:
+        t.add_column(name, justify="right")
+    for k in keys:
+        t.add_row(k, *(f"{m[k]:.4f}" for _, m in rows))
+    return t
+
+
+_FEATURES_HELP = "HDF5 feature store file or directory of shards (repeat for several)."
+_LABELS_HELP = (
+    "Label file: VideoTag list `ID_OR_PATH L1 L2 ...` (0-based ids) or CSV `id,labels` (`;`-separated names)."
+)
+
+
+@app.command("train")
+@_friendly
+def train_cmd(
+    features: list[Path] = typer.Option(..., "--features", "-f", help=_FEATURES_HELP),
+    labels: Path = typer.Option(..., "--labels", "-l", help=_LABELS_HELP),
+    vocab: Path = typer.Option(..., "--vocab", "-v", help="Vocabulary: one class name per line, id = line number."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, run_config.json, history.json."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Registered model (attention_lstm, nextvlad, frame_pool, ensemble). "
+        "Default: attention_lstm, or the --init-from checkpoint's.",
+    ),
+    model_config: str = typer.Option(None, "--model-config", help="Model config as a JSON object."),
+    set_: list[str] = typer.Option(None, "--set", "-s", help="One model config KEY=VALUE (repeatable)."),
+    val_labels: Path = typer.Option(None, "--val-labels", help="Separate validation label file (else split by id)."),
+    val_fraction: float = typer.Option(0.1, help="Share of the labelled ids held out for validation."),
+    epochs: int = typer.Option(10, help="Epochs (a resume may raise it)."),
+    batch_size: int = typer.Option(64, help="Videos per batch."),
+    optimizer: str = typer.Option(
+        None, help="rmsprop (centered) | adam | adamw | sgd. Default: attention_lstm rmsprop, others adam."
+    ),
+    lr: float = typer.Option(None, help="Learning rate. Default: attention_lstm 1e-3, nextvlad 2e-4, others 1e-3."),
+    lr_step: int = typer.Option(None, help="Decay the lr every N epochs (0 = never). Default: lstm 5, nextvlad 1."),
+    lr_gamma: float = typer.Option(None, help="Step decay factor. Default: attention_lstm 0.1, nextvlad 0.8."),
+    weight_decay: float = typer.Option(0.0, help="L2 weight decay."),
+    clip_grad: float = typer.Option(None, help="Clip the gradient norm to this value."),
+    seed: int = typer.Option(0, help="Seed for init, split, shuffling and dropout: same seed, same run."),
+    init_from: Path = typer.Option(
+        None,
+        "--init-from",
+        help="Fine-tune from this checkpoint; with another vocabulary only the output layer is new.",
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Train (or fine-tune) a sequence model on feature stores + labels; one checkpoint per epoch.
+
+    Defaults suit real data (~10k+ videos of 300 frames): 10 epochs, batch 64, 10% of ids for validation,
+    the reference optimisers (Attention-LSTM: centered RMSProp 1e-3, x0.1 every 5 epochs;
+    NeXtVLAD: Adam 2e-4, x0.8 per epoch). Export the result with `videotag export --checkpoint OUT`.
+    """
+    from predictor.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        features=[str(f) for f in features],
+        labels=str(labels),
+        vocab=str(vocab),
+        model=model,
+        model_config=_parse_sets(set_, model_config),
+        val_labels=str(val_labels) if val_labels else None,
+        val_fraction=val_fraction,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        lr_step=lr_step,
+        lr_gamma=lr_gamma,
+        weight_decay=weight_decay,
+        clip_grad=clip_grad,
+        seed=seed,
+        init_from=str(init_from) if init_from else None,
+    )
+    res = train(cfg, out, resume=resume, progress=progress, log=lambda s: typer.echo(s))
+    if res.history:
+        best = res.best
+        extra = f"; best epoch {best['epoch']} (val gap@20 {best['gap@20']:.4f})" if best.get("gap@20") else ""
+        typer.echo(f"done: {out}{extra}")
+
+
+def _resolve_model(name_or_path: str) -> Path:
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return p
+    from videotag.settings import get_settings
+
+    return get_settings().resolve_model_dir(name_or_path)
+
+
+@app.command("evaluate")
+@_friendly
+def evaluate_cmd(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Exported model dir (or name under weights/) or a checkpoint."
+    ),
+    features: list[Path] = typer.Option(..., "--features", "-f", help=_FEATURES_HELP),
+    labels: Path = typer.Option(..., "--labels", "-l", help=_LABELS_HELP),
+    vocab: Path = typer.Option(None, "--vocab", "-v", help="Vocabulary of the labels (must be the model's)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the JSON report here."),
+    batch_size: int = typer.Option(32, help="Videos per inference batch."),
+    gap_k: int = typer.Option(20, help="k of GAP@k (YouTube-8M: 20)."),
+) -> None:
+    """GAP@k, Hit@1, PERR, mAP, top-1/top-5 accuracy and recall@k of a model on labelled features."""
+    from predictor.evaluate import evaluate
+
+    rep = evaluate(_resolve_model(model), features, labels, vocab, batch_size=batch_size, gap_k=gap_k, out_json=out)
+    m = rep["metrics"]
+    _out.print(_metrics_table(f"{m['num_videos']} videos, {m['num_classes']} classes", [(rep["architecture"], m)]))
+    if out:
+        typer.echo(f"report: {out}")
+
+
+@app.command("export")
+@_friendly
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file or training run dir."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (model.onnx + manifest + labels)."),
+    which: str = typer.Option("best", help="For a run dir: best (best validation GAP) or last."),
+) -> None:
+    """Export a trained model to ONNX + manifest (checked ONNX == torch to 1e-4) with its validation metrics."""
+    from predictor.checkpoint import export_checkpoint
+
+    if which not in ("best", "last"):
+        raise ValueError(f"--which must be best or last, got {which!r}")
+    d = export_checkpoint(checkpoint, out, which)
+    m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+    typer.echo(
+        f"exported {m['architecture']} -> {d} (ONNX parity {m['onnx_parity_max_abs_diff']:.1e}, "
+        f"val gap@20 {m['metrics'].get('gap@20', float('nan')):.4f})"
+    )
+
+
+@app.command("check-dataset")
+@_friendly
+def check_dataset_cmd(
+    features: list[Path] = typer.Option(..., "--features", "-f", help=_FEATURES_HELP),
+    labels: Path = typer.Option(..., "--labels", "-l", help=_LABELS_HELP),
+    vocab: Path = typer.Option(..., "--vocab", "-v", help="Vocabulary: one class name per line."),
+    out: Path = typer.Option(Path("dataset-check"), "--out", "-o", help="Writes report.json + class_histogram.png."),
+    show: int = typer.Option(20, help="Print at most this many errors and warnings."),
+) -> None:
+    """Validate a feature store + label file before training; exit code 1 when it finds errors."""
+    from predictor.check_dataset import check_dataset
+
+    rep = check_dataset(features, labels, vocab, out, progress=sys.stderr.isatty())
+    s = rep["summary"]
+    typer.echo(
+        f"{s.get('videos_in_store', 0)} videos in the store, {s.get('labelled_videos', 0)} labelled, "
+        f"{s.get('num_classes', '?')} classes ({s.get('classes_without_examples', '?')} without examples)"
+    )
+    for kind, items, style in (("error", rep["errors"], "red"), ("warning", rep["warnings"], "yellow")):
+        for p in items[:show]:
+            _out.print(f"[{style}]{kind}[/] [{p['code']}] {p['message']}", soft_wrap=True)
+        if len(items) > show:
+            typer.echo(f"... {len(items) - show} more {kind}s in {out / 'report.json'}")
+    typer.echo(f"report: {out / 'report.json'}")
+    if not rep["ok"]:
+        counts = ", ".join(f"{k}: {v}" for k, v in rep["error_counts"].items())
+        _err.print(f"[bold red]dataset has {len(rep['errors'])} error(s)[/] ({counts})", soft_wrap=True)
+        raise typer.Exit(1)
+    typer.echo("dataset OK")
+
+
+@app.command("ensemble")
+@_friendly
+def ensemble_cmd(
+    members: list[str] = typer.Argument(..., help="Exported model dirs, checkpoints or training run dirs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Ensemble model directory to write."),
+    weights: str = typer.Option(None, "--weights", "-w", help="Comma-separated fusion weights (default equal)."),
+    eval_features: list[Path] = typer.Option(None, "--eval-features", help="Evaluate the ensemble on these..."),
+    eval_labels: Path = typer.Option(None, "--eval-labels", help="...with these labels; metrics go in the manifest."),
+) -> None:
+    """Build one predictor from several: weighted average of their probabilities, one merged ONNX graph."""
+    from predictor.ensemble_builder import build_ensemble, set_metrics
+
+    w = None
+    if weights:
+        try:
+            w = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, got {weights!r}") from None
+    d = build_ensemble([_resolve_model(m) if not Path(m).exists() else Path(m) for m in members], out, w)
+    typer.echo(f"ensemble of {len(members)} -> {d}")
+    if eval_features and eval_labels:
+        from predictor.evaluate import evaluate
+
+        rep = evaluate(d, eval_features, eval_labels)
+        set_metrics(d, rep["metrics"])
+        _out.print(_metrics_table("ensemble", [("ensemble", rep["metrics"])]))
