@@ -153,7 +153,7 @@ def to_record(ex: Extraction, extractor: FrameExtractor, video_id: str, content_
     info = ex.info
     return FeatureRecord(
         video_id=video_id,
-        features=ex.features,
+        features=ex.features.astype("float16"),  # the store's precision: `tag` and `predict` agree exactly
         source=ex.source,
         content_sha256=content_sha256,
         duration=float(info.duration),
