@@ -239,8 +239,11 @@ def make_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
     return path
 
 
-def make_truncated(path: str | Path, fraction: float = 0.5, source: str | Path | None = None, **video_kw) -> Path:
-    """Cut a real video file to `fraction` of its bytes: `source` if given, else a fresh `make_video`."""
+def make_truncated(
+    path: str | Path, fraction: float = 0.5, source: str | Path | None = None, nbytes: int | None = None, **video_kw
+) -> Path:
+    """Cut a real video file to `fraction` of its bytes (or its first `nbytes`): `source` if given, else a fresh
+    `make_video(**video_kw)`."""
     path = Path(path)
     if source is None:
         full = path.with_name(path.stem + ".full" + path.suffix)
@@ -248,7 +251,8 @@ def make_truncated(path: str | Path, fraction: float = 0.5, source: str | Path |
     else:
         full = Path(source)
     data = full.read_bytes()
-    path.write_bytes(data[: max(1, int(len(data) * fraction))])
+    keep = nbytes if nbytes is not None else max(1, int(len(data) * fraction))
+    path.write_bytes(data[:keep])
     if source is None:
         full.unlink()
     return path
