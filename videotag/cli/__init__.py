@@ -10,6 +10,7 @@ from videotag.cli.app import app
 _COMMAND_MODULES = [
     "videotag.cli.core",  # setup, tag, extract, predict
     "videotag.cli.stage2",  # train, evaluate, export, check-dataset, ensemble
+    "videotag.cli.service",  # serve, worker, submit, status
 ]
 
 

@@ -1,0 +1,132 @@
+"""Helpers for the service tests (workers, API, web): a weights dir with a second predictor, generated clips,
+and a real `Service` (embedded Redis + uvicorn + extract/predict Celery workers as separate processes).
+
+Test modules import what they need from here (`from service_helpers import ...`); fixtures live in each module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import videogen
+
+from videotag.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SECOND_MODEL = "tiny_pool"  # another predictor on the same backbone, for re-prediction
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_weights(root: Path, default_weights: Path) -> Path:
+    """A weights dir: the default backbone + predictor (linked) and `tiny_pool` (7 classes, random weights)."""
+    import torch
+
+    from predictor.export import export_predictor
+    from predictor.models import create_model
+    from videotag.manifest import backbone_id, read_manifest
+    from videotag.vocab import Vocabulary
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("efficientnet_lite0", "imagenet_framepool"):
+        if not (root / name).exists():
+            (root / name).symlink_to(default_weights / name, target_is_directory=True)
+    if not (root / SECOND_MODEL / "manifest.json").is_file():
+        bman = read_manifest(root / "efficientnet_lite0", kind="backbone")
+        torch.manual_seed(0)
+        names = ["red", "green", "blue", "white", "black", "grid", "noise"]
+        model = create_model("frame_pool", feature_dim=int(bman["feature_dim"]), num_classes=len(names))
+        export_predictor(model, root / SECOND_MODEL, Vocabulary(tuple(names)), backbone=backbone_id(bman))
+    return root
+
+
+def make_clips(d: Path, n: int, prefix: str = "clip", frames: int = 10, size: tuple[int, int] = (64, 48)) -> list[Path]:
+    """n distinct tiny H.264 clips (distinct content -> distinct video ids)."""
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = d / f"{prefix}_{i:03d}.mp4"
+        if not p.exists():
+            videogen.make_video(p, frames=frames + i % 5, size=size, fps=10, gop=4)
+        out.append(p)
+    return out
+
+
+def service_settings(tmp: Path, weights: Path, **overrides) -> Settings:
+    base = dict(
+        data_dir=tmp / "data",
+        weights_dir=weights,
+        frames=8,
+        batch_size=8,
+        topk=5,
+        intra_op_threads=1,  # one extract and one predict process share the 2 cores
+        task_soft_time_limit_s=120,
+        task_time_limit_s=150,
+    )
+    base.update(overrides)
+    return Settings(**base)
+
+
+def start_service(settings: Settings, timeout: float = 120.0, **kw):
+    """A running Service (ready: Redis + API + a worker on each queue). Caller stops it."""
+    from videotag.service import Service
+
+    svc = Service(settings, port=free_port(), **kw)
+    svc.start()
+    try:
+        svc.wait_ready(timeout)
+    except BaseException:
+        svc.stop(worker_grace=5)
+        raise
+    return svc
+
+
+def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_batch(client: httpx.Client, batch_id: str, timeout: float = 240.0) -> dict:
+    def done():
+        b = client.get(f"/v1/batches/{batch_id}").json()
+        return b if b["status"] == "complete" and b["results_dir"] else None
+
+    return wait_for(done, timeout, f"batch {batch_id} to complete")  # type: ignore[return-value]
+
+
+def all_results(client: httpx.Client, batch_id: str, page: int = 20) -> list[dict]:
+    items, offset = [], 0
+    while True:
+        r = client.get(f"/v1/batches/{batch_id}/results", params={"offset": offset, "limit": page})
+        assert r.status_code == 200, r.text
+        got = r.json()["items"]
+        items += got
+        if len(got) < page:
+            return items
+        offset += page
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child pids (Linux /proc)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return out

@@ -1,0 +1,515 @@
+"""Job and batch records in Redis: the service's own source of truth (Celery's result states are not used).
+
+Keys (prefix `vt:`):
+    vt:job:<job_id>          hash  one video's job: input, status, stage timestamps, features location, result/error
+    vt:notify:<job_id>       list  one element pushed when the job ends (BLPOP by a waiting API request)
+    vt:batch:<batch_id>      hash  total, done, failed, status, model, results_dir, …
+    vt:batch:<batch_id>:items list job ids in submission order
+    vt:jobs:active           set   job ids not yet done/failed (what a restart re-enqueues)
+    vt:batches:active        set   batch ids not yet complete
+    vt:metrics               hash  task counters and duration histograms (read by the API's /metrics)
+
+Job status: queued -> extracting -> extracted -> predicting -> done | failed. `done`/`failed` are terminal and
+written exactly once by a Lua script (`record`): a second run of a task (redelivery after a worker died,
+a resumed batch) finds the job terminal and changes nothing, so no result is ever counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from videotag.schema import VideoResult
+
+P = "vt:"
+TERMINAL = ("done", "failed")
+ACTIVE_JOBS = P + "jobs:active"
+ACTIVE_BATCHES = P + "batches:active"
+METRICS = P + "metrics"
+# Task duration histogram buckets (seconds), shared by the recorder (workers) and the exporter (API).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+QUEUES = ("extract", "predict")
+_CHUNK = 1000  # ids per Redis pipeline round-trip for bulk operations
+BLOCK_S = 2.0  # longest single blocking call (BLPOP); well under the client's socket timeout
+
+# Exactly-once terminal write. KEYS: job, notify, batch ('' = none), active jobs, active batches.
+# ARGV: status, result json, error json, finished ts, timings json, job id, batch id.
+# Returns -1 unknown job, 0 already terminal (nothing changed), 1 recorded, 2 recorded and the batch completed.
+_RECORD_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st == 'done' or st == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3], 'finished', ARGV[4],
+           'timings', ARGV[5])
+redis.call('SREM', KEYS[4], ARGV[6])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], 3600)
+if KEYS[3] ~= '' then
+  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+  local total = tonumber(redis.call('HGET', KEYS[3], 'total'))
+  local done = tonumber(redis.call('HGET', KEYS[3], 'done') or '0')
+  local failed = tonumber(redis.call('HGET', KEYS[3], 'failed') or '0')
+  if total and done + failed >= total then
+    redis.call('HSET', KEYS[3], 'status', 'complete', 'finished', ARGV[4])
+    redis.call('SREM', KEYS[5], ARGV[7])
+    return 2
+  end
+end
+return 1
+"""
+
+# Non-terminal status change that never overwrites a terminal status. KEYS: job. ARGV: field/value pairs.
+_ADVANCE_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or st == 'done' or st == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:20]}"
+
+
+def job_key(job_id: str) -> str:
+    return f"{P}job:{job_id}"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{P}batch:{batch_id}"
+
+
+def _loads(s: str | None) -> Any:
+    return json.loads(s) if s else None
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) if obj is not None else ""
+
+
+@dataclass
+class Job:
+    """A job record as stored in `vt:job:<id>` (all times are Unix seconds)."""
+
+    id: str
+    status: str
+    source: str
+    input: str  # upload | path | url | features
+    kind: str = "job"  # tag | job | item
+    stages: str = "extract+predict"  # or "predict" (re-prediction on stored features)
+    model: str | None = None
+    topk: int | None = None
+    threshold: float | None = None
+    video_id: str | None = None
+    filename: str | None = None
+    batch_id: str | None = None
+    index: int | None = None
+    created: float = 0.0
+    extract_started: float | None = None
+    extract_finished: float | None = None
+    predict_started: float | None = None
+    finished: float | None = None
+    attempts: int = 0
+    location: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> Job:
+        def f(name: str) -> float | None:
+            v = h.get(name)
+            return float(v) if v else None
+
+        return cls(
+            id=h["id"],
+            status=h.get("status", "queued"),
+            source=h.get("source", ""),
+            input=h.get("input", ""),
+            kind=h.get("kind", "job"),
+            stages=h.get("stages", "extract+predict"),
+            model=h.get("model") or None,
+            topk=int(h["topk"]) if h.get("topk") else None,
+            threshold=float(h["threshold"]) if h.get("threshold") else None,
+            video_id=h.get("video_id") or None,
+            filename=h.get("filename") or None,
+            batch_id=h.get("batch_id") or None,
+            index=int(h["index"]) if h.get("index") else None,
+            created=float(h.get("created") or 0.0),
+            extract_started=f("extract_started"),
+            extract_finished=f("extract_finished"),
+            predict_started=f("predict_started"),
+            finished=f("finished"),
+            attempts=int(h.get("attempts") or 0),
+            location=_loads(h.get("location")),
+            result=_loads(h.get("result")),
+            error=_loads(h.get("error")),
+            timings=_loads(h.get("timings")) or {},
+        )
+
+    def video_result(self) -> VideoResult:
+        """The job's VideoResult; a failed job gives ok=False with its error (code, reason)."""
+        if self.result:
+            return VideoResult.model_validate(self.result)
+        err = self.error or {"code": "pending", "reason": f"job is {self.status}"}
+        return VideoResult(
+            video_id=self.video_id or (self.location or {}).get("video_id", ""),
+            source=self.source,
+            ok=False,
+            error={"code": str(err.get("code", "")), "reason": str(err.get("reason", ""))},
+            model=self.model,
+            timings=self.timings,
+        )
+
+
+def _job_fields(job: Job) -> dict[str, str]:
+    d = {
+        "id": job.id,
+        "status": job.status,
+        "source": job.source,
+        "input": job.input,
+        "kind": job.kind,
+        "stages": job.stages,
+        "model": job.model or "",
+        "topk": "" if job.topk is None else str(job.topk),
+        "threshold": "" if job.threshold is None else repr(job.threshold),
+        "video_id": job.video_id or "",
+        "filename": job.filename or "",
+        "batch_id": job.batch_id or "",
+        "index": "" if job.index is None else str(job.index),
+        "created": repr(job.created),
+        "attempts": "0",
+    }
+    if job.location:
+        d["location"] = _dumps(job.location)
+    return d
+
+
+class JobStore:
+    """Typed access to the records above; one instance per process (redis-py clients are thread-safe)."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self._record = r.register_script(_RECORD_LUA)
+        self._advance = r.register_script(_ADVANCE_LUA)
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+
+    # ---- creation -------------------------------------------------------------------------------
+    def create_job(
+        self,
+        source: str,
+        input: str,
+        *,
+        kind: str = "job",
+        model: str | None = None,
+        topk: int | None = None,
+        threshold: float | None = None,
+        video_id: str | None = None,
+        filename: str | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        job = Job(
+            id=job_id or new_id("j"),
+            status="queued",
+            source=source,
+            input=input,
+            kind=kind,
+            model=model,
+            topk=topk,
+            threshold=threshold,
+            video_id=video_id,
+            filename=filename,
+            created=time.time(),
+        )
+        with self.r.pipeline() as p:
+            p.hset(job_key(job.id), mapping=_job_fields(job))
+            p.sadd(ACTIVE_JOBS, job.id)
+            p.execute()
+        return job
+
+    def create_batch(
+        self,
+        sources: Sequence[str],
+        input: str = "path",
+        *,
+        model: str | None = None,
+        topk: int | None = None,
+        threshold: float | None = None,
+        kind: str = "batch",
+        parent: str | None = None,
+        locations: Sequence[dict[str, Any] | None] | None = None,
+        errors: Sequence[dict[str, Any] | None] | None = None,
+    ) -> tuple[str, list[str]]:
+        """Create a batch and one job per source (ids `<batch_id>.<index>`); nothing is enqueued here.
+
+        For a re-prediction batch (`kind="repredict"`), `locations[i]` is the stored features of item i, and
+        `errors[i]` (when the parent item failed) makes item i fail at once with the parent's error.
+        """
+        if not sources:
+            raise ValueError("a batch needs at least one item")
+        batch_id = new_id("b")
+        now = time.time()
+        stages = "predict" if kind == "repredict" else "extract+predict"
+        bkey = batch_key(batch_id)
+        job_ids = [f"{batch_id}.{i}" for i in range(len(sources))]
+        with self.r.pipeline(transaction=False) as p:
+            p.hset(
+                bkey,
+                mapping={
+                    "id": batch_id,
+                    "kind": kind,
+                    "parent": parent or "",
+                    "total": len(sources),
+                    "done": 0,
+                    "failed": 0,
+                    "status": "running",
+                    "created": repr(now),
+                    "finished": "",
+                    "model": model or "",
+                    "topk": "" if topk is None else str(topk),
+                    "threshold": "" if threshold is None else repr(threshold),
+                    "results_dir": "",
+                },
+            )
+            p.sadd(ACTIVE_BATCHES, batch_id)
+            p.execute()
+        for start in range(0, len(sources), _CHUNK):
+            with self.r.pipeline(transaction=False) as p:
+                for i in range(start, min(start + _CHUNK, len(sources))):
+                    job = Job(
+                        id=job_ids[i],
+                        status="queued",
+                        source=sources[i],
+                        input="features" if kind == "repredict" else input,
+                        kind="item",
+                        stages=stages,
+                        model=model,
+                        topk=topk,
+                        threshold=threshold,
+                        batch_id=batch_id,
+                        index=i,
+                        created=now,
+                        location=locations[i] if locations else None,
+                    )
+                    p.hset(job_key(job.id), mapping=_job_fields(job))
+                    p.sadd(ACTIVE_JOBS, job.id)
+                p.rpush(bkey + ":items", *job_ids[start : start + _CHUNK])
+                p.execute()
+        if errors:  # items whose features never existed fail now, through the same exactly-once path
+            for i, err in enumerate(errors):
+                if err:
+                    self.record(job_ids[i], error=err)
+        return batch_id, job_ids
+
+    # ---- reading --------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        h = self.r.hgetall(job_key(job_id))
+        return Job.from_hash(h) if h else None
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        out: list[Job | None] = []
+        for start in range(0, len(job_ids), _CHUNK):
+            with self.r.pipeline(transaction=False) as p:
+                for jid in job_ids[start : start + _CHUNK]:
+                    p.hgetall(job_key(jid))
+                out.extend(Job.from_hash(h) if h else None for h in p.execute())
+        return out
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        h = self.r.hgetall(batch_key(batch_id))
+        if not h:
+            return None
+        total, done, failed = int(h["total"]), int(h.get("done") or 0), int(h.get("failed") or 0)
+        return {
+            "batch_id": batch_id,
+            "kind": h.get("kind", "batch"),
+            "parent": h.get("parent") or None,
+            "status": h.get("status", "running"),
+            "total": total,
+            "done": done,
+            "failed": failed,
+            "pending": total - done - failed,
+            "progress": round((done + failed) / total, 6) if total else 1.0,
+            "created": float(h.get("created") or 0),
+            "finished": float(h["finished"]) if h.get("finished") else None,
+            "model": h.get("model") or None,
+            "topk": int(h["topk"]) if h.get("topk") else None,
+            "threshold": float(h["threshold"]) if h.get("threshold") else None,
+            "results_dir": h.get("results_dir") or None,
+        }
+
+    def batch_items(self, batch_id: str, offset: int = 0, limit: int | None = None) -> list[str]:
+        end = -1 if limit is None else offset + limit - 1
+        return self.r.lrange(batch_key(batch_id) + ":items", offset, end)
+
+    # ---- state changes --------------------------------------------------------------------------
+    def advance(self, job_id: str, **fields: Any) -> bool:
+        """Set non-terminal fields (status, stage timestamps, location…); refused once the job is terminal."""
+        args: list[str] = []
+        for k, v in fields.items():
+            args += [k, _dumps(v) if isinstance(v, dict) else ("" if v is None else str(v))]
+        return bool(self._advance(keys=[job_key(job_id)], args=args))
+
+    def bump_attempts(self, job_id: str) -> int:
+        return int(self.r.hincrby(job_key(job_id), "attempts", 1))
+
+    def record(
+        self,
+        job_id: str,
+        result: VideoResult | None = None,
+        error: dict[str, Any] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> int:
+        """Write the job's terminal state exactly once. See `_RECORD_LUA` for the return codes."""
+        assert (result is None) != (error is None), "exactly one of result / error"
+        job = self.r.hmget(job_key(job_id), ["batch_id"])
+        batch_id = job[0] or ""
+        status = "done" if result is not None else "failed"
+        return int(
+            self._record(
+                keys=[job_key(job_id), f"{P}notify:{job_id}", batch_key(batch_id) if batch_id else "",
+                      ACTIVE_JOBS, ACTIVE_BATCHES],
+                args=[status, result.model_dump_json() if result is not None else "", _dumps(error),
+                      repr(time.time()), _dumps(timings or {}), job_id, batch_id],
+            )
+        )  # fmt: skip
+
+    def wait(self, job_id: str, timeout: float) -> Job | None:
+        """Block until the job is terminal or `timeout` s pass; returns the record either way."""
+        job = self.get(job_id)
+        if job is None or job.terminal or timeout <= 0:
+            return job
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            # short BLPOPs: redis-py's client read timeout (5 s by default) would cut a longer one
+            if self.r.blpop([f"{P}notify:{job_id}"], timeout=min(left, BLOCK_S)):
+                break
+            job = self.get(job_id)
+            if job is None or job.terminal:
+                return job
+        return self.get(job_id)
+
+    def set_results_dir(self, batch_id: str, path: str) -> None:
+        self.r.hset(batch_key(batch_id), "results_dir", path)
+
+    def claim(self, name: str, ttl_s: int) -> bool:
+        """A best-effort lock (SET NX EX) for once-only work (results writing, resume)."""
+        return bool(self.r.set(f"{P}lock:{name}", str(time.time()), nx=True, ex=ttl_s))
+
+    def release(self, name: str) -> None:
+        self.r.delete(f"{P}lock:{name}")
+
+    # ---- metrics --------------------------------------------------------------------------------
+    def observe_task(self, task: str, seconds: float, ok: bool, code: str | None = None) -> None:
+        """Count one task run in the shared histogram (`vt:metrics`): le buckets, sum, count, failures."""
+        with self.r.pipeline(transaction=False) as p:
+            p.hincrby(METRICS, f"{task}:count", 1)
+            p.hincrbyfloat(METRICS, f"{task}:sum", seconds)
+            for le in DURATION_BUCKETS:
+                if seconds <= le:
+                    p.hincrby(METRICS, f"{task}:le:{le}", 1)
+            if not ok:
+                p.hincrby(METRICS, f"{task}:fail:{code or 'error'}", 1)
+            p.execute()
+
+    def metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.r.hgetall(METRICS).items()}
+
+    def queue_depths(self) -> dict[str, int]:
+        with self.r.pipeline(transaction=False) as p:
+            for q in QUEUES:
+                p.llen(q)
+            return dict(zip(QUEUES, (int(n) for n in p.execute()), strict=True))
+
+    def counts(self) -> dict[str, int]:
+        return {"active_jobs": int(self.r.scard(ACTIVE_JOBS)), "active_batches": int(self.r.scard(ACTIVE_BATCHES))}
+
+    # ---- restart --------------------------------------------------------------------------------
+    def queued_job_ids(self, include_unacked: bool = True) -> set[str]:
+        """Job ids that have a message in a broker queue (or, optionally, delivered but not yet acked).
+
+        Our task ids are `<job_id>/<stage>/<nonce>`, and kombu keeps each message as JSON with the task id in
+        `headers.id`, so reading the lists tells which jobs need no new message.
+        """
+        ids: set[str] = set()
+
+        def take(payload: Any) -> None:
+            try:
+                tid = payload["headers"]["id"]
+            except (KeyError, TypeError):
+                return
+            if isinstance(tid, str) and "/" in tid:
+                ids.add(tid.split("/", 1)[0])
+
+        for name in QUEUES:
+            for q in [name] + [f"{name}\x06\x16{pri}" for pri in (3, 6, 9)]:  # kombu's priority sub-queues
+                for start in range(0, int(self.r.llen(q)), 10_000):
+                    for raw in self.r.lrange(q, start, start + 9_999):
+                        try:
+                            take(json.loads(raw))
+                        except ValueError:
+                            continue
+        if include_unacked:
+            for raw in self.r.hvals("unacked"):
+                try:
+                    take(json.loads(raw)[0])
+                except (ValueError, IndexError, TypeError):
+                    continue
+        return ids
+
+    def resume(
+        self, enqueue: Callable[[list[tuple[str, str, dict | None]]], None], include_unacked: bool = True
+    ) -> dict[str, int]:
+        """Re-enqueue every unfinished job that has no message in the broker (after a restart).
+
+        A job with its features already stored goes straight to `predict`; others restart at `extract`.
+        `enqueue` takes [(job_id, stage, location)]. Returns counts. Safe to run twice: a duplicate message
+        only repeats idempotent work and cannot record a second result.
+        """
+        if not self.claim("resume", ttl_s=300):
+            return {"skipped": 1}
+        try:
+            active = sorted(self.r.smembers(ACTIVE_JOBS))
+            pending = self.queued_job_ids(include_unacked=include_unacked)
+            todo: list[tuple[str, str, dict | None]] = []
+            stale = 0
+            for job in self.get_many([j for j in active if j not in pending]):
+                if job is None:
+                    stale += 1
+                    continue
+                if job.terminal:
+                    self.r.srem(ACTIVE_JOBS, job.id)
+                    continue
+                if job.location and (job.stages == "predict" or job.status in ("extracted", "predicting")):
+                    todo.append((job.id, "predict", job.location))
+                else:
+                    todo.append((job.id, "extract", None))
+            for start in range(0, len(todo), _CHUNK):
+                enqueue(todo[start : start + _CHUNK])
+            return {"active": len(active), "in_queue": len(pending), "requeued": len(todo), "stale": stale}
+        finally:
+            self.release("resume")
+
+
+def chunks(seq: Iterable[Any], n: int) -> Iterable[list[Any]]:
+    buf: list[Any] = []
+    for x in seq:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

@@ -1,0 +1,252 @@
+"""`videotag serve`: one command for the whole service on one machine.
+
+Starts, in order: the embedded Redis (unless VIDEOTAG_REDIS_URL is set), the API (uvicorn), one extract worker
+and one predict worker (Celery prefork pools). It watches them and restarts any that dies; when the single
+worker of a queue died, the messages it had taken but not acknowledged are put back at once (no other worker
+can hold them). Shutdown (SIGINT/SIGTERM, or `stop()`): API first (no new jobs), then the workers (warm: the
+running task finishes), then Redis (SHUTDOWN flushes the append-only file), so a restart resumes the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from videotag.redis_server import EmbeddedRedis, _die_with_parent
+from videotag.settings import Settings
+
+log = logging.getLogger(__name__)
+SERVICE_FILE = "service.json"
+
+
+def settings_env(settings: Settings) -> dict[str, str | None]:
+    """Settings as VIDEOTAG_* variables (None = unset), so child processes see exactly this configuration."""
+    out: dict[str, str | None] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        key = f"VIDEOTAG_{name.upper()}"
+        if value is None:
+            out[key] = None
+        elif isinstance(value, list | dict):
+            out[key] = json.dumps(value)
+        else:
+            out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    queue: str | None = None  # the queue a worker consumes
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+
+class Service:
+    """The supervisor. `start()` returns once everything is launched; `wait_ready()`; `run()` blocks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        extract_concurrency: int = 1,
+        predict_concurrency: int = 1,
+        redis_port: int | None = None,
+        workers: bool = True,
+        api: bool = True,
+        loglevel: str = "INFO",
+    ) -> None:
+        self.data_dir = Path(settings.data_dir).resolve()
+        # children run with cwd=data_dir: hand them absolute paths
+        self.settings = settings.model_copy(update={
+            "data_dir": self.data_dir,
+            "weights_dir": Path(settings.weights_dir).resolve(),
+            "path_roots": [Path(p).resolve() for p in settings.path_roots],
+        })  # fmt: skip
+        self.host, self.port = host, port
+        self.redis: EmbeddedRedis | None = None
+        self.redis_port = redis_port
+        self.redis_url: str | None = settings.redis_url
+        self.log_dir = self.data_dir / "logs"
+        self.children: list[Child] = []
+        py = sys.executable
+        if api:
+            self.children.append(Child("api", [py, "-m", "uvicorn", "api.main:create_app", "--factory", "--host",
+                                               host, "--port", str(port), "--log-level", "warning",
+                                               "--timeout-graceful-shutdown", "5"]))  # fmt: skip
+        if workers:
+            for queue, n in (("extract", extract_concurrency), ("predict", predict_concurrency)):
+                argv = [py, "-m", "workers", "--queues", queue, "--concurrency", str(n), "--loglevel", loglevel,
+                        "--hostname", f"{queue}-{os.getpid()}@%h"]  # fmt: skip
+                self.children.append(Child(f"{queue}-worker", argv, queue=queue))
+        self._stopping = False
+
+    @property
+    def api_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> Service:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if not self.redis_url:
+            self.redis = EmbeddedRedis(self.data_dir / "redis", port=self.redis_port)
+            self.redis_url = self.redis.start()
+            from workers.celery_app import restore_unacked
+
+            n = restore_unacked(self.redis_url)  # we own every worker: deliveries still unacked are orphans
+            if n:
+                log.warning("requeued %d message(s) taken by workers of the previous run that never finished", n)
+        env = dict(os.environ)
+        for k, v in {**settings_env(self.settings), "VIDEOTAG_REDIS_URL": self.redis_url}.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        env["PYTHONUNBUFFERED"] = "1"
+        repo = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._env = env
+        self._write_service_file()
+        for child in self.children:
+            self._spawn(child)
+        return self
+
+    def _write_service_file(self) -> None:
+        info = {"redis_url": self.redis_url, "api_url": self.api_url, "pid": os.getpid(), "started": time.time(),
+                "embedded_redis": self.redis is not None}  # fmt: skip
+        tmp = self.data_dir / (SERVICE_FILE + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.data_dir / SERVICE_FILE)
+
+    def _spawn(self, child: Child) -> None:
+        with open(self.log_dir / f"{child.name}.log", "ab") as logf:
+            child.proc = subprocess.Popen(child.argv, env=self._env, cwd=self.data_dir, stdout=logf,
+                                          stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # fmt: skip
+        log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def poll(self) -> list[str]:
+        """Restart children that exited (at most 5 times a minute each). Returns the names restarted."""
+        restarted = []
+        if self._stopping:
+            return restarted
+        for c in self.children:
+            if c.proc is None or c.proc.poll() is None:
+                continue
+            now = time.time()
+            c.restarts = [t for t in c.restarts if now - t < 60]
+            if len(c.restarts) >= 5:
+                continue  # crash loop: leave it down; readyz reports the missing queue
+            log.warning("%s exited with %s; restarting (log: %s)", c.name, c.proc.returncode,
+                        self.log_dir / f"{c.name}.log")  # fmt: skip
+            if c.queue and self.redis is not None:  # its taken-but-unacked messages have no other owner
+                from workers.celery_app import restore_unacked
+
+                restore_unacked(self.redis_url or "", (c.queue,))
+            c.restarts.append(now)
+            self._spawn(c)
+            restarted.append(c.name)
+        return restarted
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until GET /readyz says ready (Redis + a worker on each queue), or raise with the reason."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for c in self.children:
+                if c.proc is not None and c.proc.poll() is not None:
+                    tail = (self.log_dir / f"{c.name}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{c.name} exited with {c.proc.returncode} during start-up:\n{tail}")
+            try:
+                with urllib.request.urlopen(self.api_url + "/readyz", timeout=3) as r:
+                    if r.status == 200:
+                        return
+            except Exception as e:  # noqa: BLE001 - not up yet
+                last = str(e)
+            time.sleep(0.25)
+        raise RuntimeError(f"service not ready after {timeout:.0f} s ({last}); logs in {self.log_dir}")
+
+    def run(self) -> None:
+        """Supervise until SIGINT/SIGTERM, then stop everything in order."""
+
+        def handler(signum, frame) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+        try:
+            while not self._stopping:
+                self.poll()
+                time.sleep(0.5)
+        finally:
+            self.stop()
+
+    def _terminate(self, child: Child, timeout: float) -> None:
+        p = child.proc
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)  # uvicorn: graceful; celery: warm shutdown (finish the running task)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it (its task will be redelivered)", child.name, timeout)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # the whole group: the worker and its pool processes
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+    def stop(self, worker_grace: float = 60.0) -> None:
+        """API, then workers (warm shutdown, then kill after `worker_grace` s), then Redis."""
+        self._stopping = True
+        for c in self.children:
+            if c.name == "api":
+                self._terminate(c, 10)
+        for c in self.children:
+            if c.name != "api" and c.proc is not None and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+        for c in self.children:
+            if c.name != "api":
+                self._terminate(c, worker_grace)
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        (self.data_dir / SERVICE_FILE).unlink(missing_ok=True)
+
+    def kill(self, redis: bool = False) -> None:
+        """Crash (tests of restart/resume): SIGKILL every child at once; Redis too if `redis`, else SHUTDOWN."""
+        self._stopping = True
+        for c in self.children:
+            if c.proc is not None and c.proc.poll() is None:
+                try:
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                c.proc.wait()
+        if self.redis is not None and not redis:
+            self.redis.stop()
+            self.redis = None
+        if self.redis is not None and self.redis.proc is not None:
+            self.redis.proc.kill()
+            self.redis.proc.wait()
+            self.redis.proc = None
+            self.redis = None
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,227 @@
+"""The two Celery tasks. Each is a few lines around the same pipeline functions the CLI uses.
+
+`extract(job_id)` (queue `extract`) -> features location dict -> `predict(location, job_id)` (queue `predict`).
+Messages carry only ids and the small location dict. Failure policy (`_guard`):
+  - bad input (VideoError) and model/store mismatches are permanent: recorded on the job at once, no retry;
+  - transient I/O errors (OSError, Redis connection errors) are retried with exponential backoff, then recorded;
+  - the soft time limit records a `timeout` failure; the hard one is recorded by the worker's main process.
+The job's terminal state is written exactly once (`JobStore.record`), so redelivery never duplicates a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Task, chain
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from celery.worker.request import Request
+
+from videotag.errors import ManifestError, ModelMismatchError, StoreError, VideoError
+from videotag.jobs import Job, JobStore
+from videotag.settings import Settings, get_settings
+from workers.celery_app import app, redis_url
+
+log = logging.getLogger("videotag.workers")
+MAX_RETRIES = 4
+TRANSIENT = (OSError, redis.ConnectionError, redis.TimeoutError)  # VideoError is not an OSError
+PERMANENT_CODES = {ModelMismatchError: "model_mismatch", ManifestError: "model_missing", StoreError: "store_error"}
+
+_STORE: JobStore | None = None
+
+
+def store() -> JobStore:
+    """This process's job store client (created lazily, i.e. after the pool forked)."""
+    global _STORE
+    if _STORE is None:
+        _STORE = JobStore.from_url(redis_url(get_settings()))
+    return _STORE
+
+
+def job_id_of(task_id: str) -> str:
+    """Our task ids are `<job_id>/<stage>/<nonce>`."""
+    return task_id.split("/", 1)[0]
+
+
+class _Request(Request):
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:  # the hard limit killed the pool process: record it here, in the main process
+            stage = self.task_name.rsplit(".", 1)[-1]
+            err = {"code": "timeout", "reason": f"{stage} exceeded the hard time limit of {timeout:.0f} s",
+                   "stage": stage}  # fmt: skip
+            with contextlib.suppress(Exception):
+                store().record(job_id_of(self.id), error=err)
+                store().observe_task(stage, float(timeout), ok=False, code="timeout")
+
+
+class VideotagTask(Task):
+    Request = _Request
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = MAX_RETRIES
+
+
+def _begin(job_id: str, stage: str, **fields: Any) -> Job:
+    """Load the job; stop quietly (Ignore: acked, chain not continued) if it is unknown or already finished."""
+    job = store().get(job_id)
+    if job is None or job.terminal:
+        log.info("%s %s: %s, nothing to do", stage, job_id, "unknown job" if job is None else job.status)
+        raise Ignore()
+    store().advance(job_id, **fields)
+    store().bump_attempts(job_id)
+    return job
+
+
+def _fail(job: Job, stage: str, code: str, reason: str, seconds: float) -> None:
+    store().observe_task(stage, seconds, ok=False, code=code)
+    if store().record(job.id, error={"code": code, "reason": reason, "stage": stage}, timings=job.timings) == 2:
+        finalize_batch(job.batch_id)
+
+
+@contextlib.contextmanager
+def _guard(task: Task, job: Job, stage: str) -> Iterator[None]:
+    """Classify what the stage raised: record permanent failures, retry transient ones with backoff."""
+    t0 = time.monotonic()
+    try:
+        yield
+    except VideoError as e:  # bad input: fail fast, with the pipeline's code and reason
+        log.warning("%s %s: %s", stage, job.id, e)
+        _fail(job, stage, e.code, e.reason, time.monotonic() - t0)
+        raise Ignore() from None
+    except SoftTimeLimitExceeded:
+        limit = task.soft_time_limit or app.conf.task_soft_time_limit
+        _fail(job, stage, "timeout", f"{stage} exceeded the soft time limit of {limit} s", time.monotonic() - t0)
+        raise Ignore() from None
+    except tuple(PERMANENT_CODES) as e:
+        code = next(c for t, c in PERMANENT_CODES.items() if isinstance(e, t))
+        log.warning("%s %s: %s", stage, job.id, e)
+        _fail(job, stage, code, str(e), time.monotonic() - t0)
+        raise Ignore() from None
+    except TRANSIENT as e:
+        retries = task.request.retries
+        if retries < task.max_retries:
+            countdown = min(60.0, 2.0 * 2**retries) * random.uniform(0.8, 1.2)
+            log.warning("%s %s: transient %s (%s); retry %d in %.1f s", stage, job.id, type(e).__name__, e,
+                        retries + 1, countdown)  # fmt: skip
+            store().observe_task(stage, time.monotonic() - t0, ok=False, code="retry")
+            raise task.retry(exc=e, countdown=countdown) from None
+        _fail(job, stage, "io_error", f"{type(e).__name__}: {e} (after {retries} retries)", time.monotonic() - t0)
+        raise Ignore() from None
+    except Exception as e:  # a bug or an unforeseen input: record it with its type, keep the traceback in the log
+        log.exception("%s %s failed", stage, job.id)
+        _fail(job, stage, "internal", f"{type(e).__name__}: {e}", time.monotonic() - t0)
+        raise Ignore() from None
+    store().observe_task(stage, time.monotonic() - t0, ok=True)
+
+
+@worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """Load this pool process's models right after the fork (never before: ORT sessions don't survive fork), so
+    the first job does not pay for imports and session creation. Failures are only logged: the first task then
+    reports the real error on the job."""
+    queues = os.environ.get("VIDEOTAG_WORKER_QUEUES", "")
+    if not queues:
+        return
+    try:
+        from videotag import pipeline
+
+        settings = get_settings()
+        if "extract" in queues:
+            pipeline.get_extractor(settings)
+        if "predict" in queues:
+            pipeline.get_predictor(settings)
+    except Exception as e:  # noqa: BLE001
+        log.warning("model warm-up failed (%s: %s); tasks will report it", type(e).__name__, e)
+
+
+@app.task(name="videotag.extract", bind=True, base=VideotagTask)
+def extract(self: Task, job_id: str) -> dict:
+    """Stage 1: decode + sample + backbone -> one HDF5 shard. Returns the features location (JSON dict)."""
+    settings = get_settings()
+    started = time.time()
+    job = _begin(job_id, "extract", status="extracting", extract_started=started)
+    if job.location and Path(job.location["path"]).is_file():  # redelivered after stage 1 finished
+        return job.location
+    from videotag.pipeline import extract_to_store
+
+    with _guard(self, job, "extract"):
+        loc = extract_to_store(job.source, settings.features_dir, settings, model=job.model, video_id=job.video_id)
+    timings = {"queue_extract_s": started - job.created, "extract_s": time.time() - started,
+               **{f"extract.{k}": float(v) for k, v in (loc.get("timings") or {}).items()}}  # fmt: skip
+    location = {k: loc[k] for k in ("path", "video_id", "source", "num_frames") if k in loc}
+    store().advance(job_id, status="extracted", extract_finished=time.time(), location=location,
+                    video_id=location.get("video_id", ""), timings=timings)  # fmt: skip
+    return location
+
+
+@app.task(name="videotag.predict", bind=True, base=VideotagTask)
+def predict(self: Task, location: dict, job_id: str) -> None:
+    """Stage 2 on stored features; records the job's result exactly once."""
+    settings = get_settings()
+    started = time.time()
+    job = _begin(job_id, "predict", status="predicting", predict_started=started)
+    from videotag.pipeline import predict_from_store
+
+    with _guard(self, job, "predict"):
+        result = predict_from_store(location, settings, model=job.model, topk=job.topk, threshold=job.threshold)
+    now = time.time()
+    queued_since = job.extract_finished or job.created
+    result.timings = {**job.timings, **{f"predict.{k}": v for k, v in result.timings.items()},
+                      "queue_predict_s": started - queued_since, "predict_s": now - started,
+                      "total_s": now - job.created}  # fmt: skip
+    if store().record(job_id, result=result, timings=result.timings) == 2:
+        finalize_batch(job.batch_id)
+
+
+def finalize_batch(batch_id: str | None, settings: Settings | None = None, force: bool = False) -> Path | None:
+    """Write a complete batch's results (results.jsonl + one VideoTag JSON per video) once, under results_dir."""
+    if not batch_id:
+        return None
+    settings = settings or get_settings()
+    st = store()
+    info = st.batch(batch_id)
+    if info is None or info["status"] != "complete" or (info["results_dir"] and not force):
+        return Path(info["results_dir"]) if info and info["results_dir"] else None
+    if not st.claim(f"results:{batch_id}", ttl_s=600):
+        return None
+    try:
+        from videotag.pipeline import write_results
+
+        jobs = st.get_many(st.batch_items(batch_id))
+        out = Path(settings.results_dir).resolve() / batch_id
+        write_results((j.video_result() for j in jobs if j is not None), out)
+        st.set_results_dir(batch_id, str(out))
+        log.info("batch %s complete: results in %s", batch_id, out)
+        return out
+    finally:
+        st.release(f"results:{batch_id}")
+
+
+# ---- enqueueing (used by the API, the CLI and resume) ------------------------------------------------------
+def signature(job_id: str, stage: str = "extract", location: dict | None = None):
+    """The message(s) for one job: extract | predict chained, or predict alone on stored features."""
+    nonce = uuid.uuid4().hex[:8]
+    if stage == "predict":
+        assert location is not None, "predict needs a features location"
+        return predict.si(location, job_id).set(task_id=f"{job_id}/predict/{nonce}")
+    return chain(
+        extract.si(job_id).set(task_id=f"{job_id}/extract/{nonce}"),
+        predict.s(job_id).set(task_id=f"{job_id}/predict/{nonce}"),
+    )
+
+
+def enqueue(items: list[tuple[str, str, dict | None]]) -> None:
+    """Publish [(job_id, stage, location)] over one broker connection."""
+    with app.producer_or_acquire() as producer:
+        for job_id, stage, location in items:
+            signature(job_id, stage, location).apply_async(producer=producer)
