@@ -21,6 +21,7 @@ their stored pixel grid).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -333,7 +334,8 @@ class SampledDecoder:
         self.transform = transform
         self.threads = threads
         self._resize_to = getattr(transform, "resize_to", None)
-        self.info: VideoInfo = probe(self.path)
+        self._probed = probe(self.path)
+        self.info: VideoInfo = dataclasses.replace(self._probed, warnings=[])
         self.plan: SamplePlan | None = None
         self.passes = 0  # decoding passes made by the last iteration (1, or 2 when the estimate was wrong)
 
@@ -453,6 +455,7 @@ class SampledDecoder:
 
     # -- iteration ----------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        self.info = dataclasses.replace(self._probed, warnings=[])  # iterating again starts from the header facts
         self.plan = None
         self.passes = 1
         est_count, est_times, est_duration, est_from = self._estimate()

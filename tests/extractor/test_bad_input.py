@@ -109,7 +109,8 @@ def test_truncated_file_whose_first_part_decodes_is_used_with_a_warning(tmp_path
     assert 0 < n < 40
     assert set(dec.plan.indices.tolist()) <= set(out)
     for k in dec.plan.indices.tolist():
-        assert abs(frame_index(out[k], 0) - k) <= 1  # the last frame before the cut may be half-decoded
+        if k < n - 1:  # the last frame before the cut may be half there
+            assert frame_index(out[k], 0) == k
     assert any("truncated" in w for w in dec.info.warnings), dec.info.warnings
 
 

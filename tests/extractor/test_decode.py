@@ -88,6 +88,9 @@ def test_wrong_header_frame_count_is_corrected_by_decoding(tmp_path: Path, claim
         assert frame_index(img, rotation=0) == k
     assert any(f"header claims {claimed} frames, decoding found 40" in w for w in dec.info.warnings)
     assert any("estimate" in w and "decoding again" in w for w in dec.info.warnings)
+    first_warnings = list(dec.info.warnings)
+    again = decode_all(dec)  # iterating again gives the same, and does not pile up warnings
+    assert sorted(again) == sorted(out) and dec.info.warnings == first_warnings
 
 
 def test_n_equal_to_frame_count_takes_every_frame(sample_videos: dict[str, Path]) -> None:
