@@ -50,13 +50,13 @@ def make_weights(root: Path, default_weights: Path) -> Path:
 
 
 def make_clips(d: Path, n: int, prefix: str = "clip", frames: int = 10, size: tuple[int, int] = (64, 48)) -> list[Path]:
-    """n distinct tiny H.264 clips (distinct content -> distinct video ids)."""
+    """n tiny H.264 clips with distinct bytes (-> distinct video ids); the name prefix does not change content."""
     d.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
         p = d / f"{prefix}_{i:03d}.mp4"
         if not p.exists():
-            videogen.make_video(p, frames=frames + i % 5, size=size, fps=10, gop=4)
+            videogen.make_video(p, frames=frames + i % 5, size=size, fps=5 + i, gop=4)  # fps: distinct bytes
         out.append(p)
     return out
 
@@ -118,6 +118,13 @@ def all_results(client: httpx.Client, batch_id: str, page: int = 20) -> list[dic
         if len(got) < page:
             return items
         offset += page
+
+
+def use_broker(redis_url: str) -> None:
+    """Point this (test) process's Celery app at a service's Redis, for tests that enqueue directly."""
+    from workers.celery_app import app, celery_broker_url
+
+    app.conf.broker_url = celery_broker_url(redis_url)
 
 
 def children_of(pid: int) -> list[int]:
