@@ -1,0 +1,295 @@
+"""The HTTP API against a running service (uvicorn + embedded Redis + real workers): auth, upload size limit,
+path traversal and private-URL refusals, and the schema of every response (strict pydantic models)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from service_helpers import free_port, make_clips, make_weights, service_settings, start_service, wait_batch
+
+from api.schemas import BatchOut, BatchResults, FramesOut, Health, JobOut, Problem, Ready
+from api.security import Refused, check_url, resolve_server_path
+
+KEY = "test-key-1"
+LIMIT = 200_000  # bytes: the upload limit of this test service
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, default_weights):
+    tmp = tmp_path_factory.mktemp("api")
+    weights = make_weights(tmp / "weights", default_weights)
+    root = tmp / "root"
+    clips = make_clips(root / "clips", 3, prefix="api", frames=12)
+    outside = tmp / "outside"
+    outside.mkdir()
+    secret = outside / "secret.mp4"
+    secret.write_bytes(clips[0].read_bytes())
+    (root / "link.mp4").symlink_to(secret)
+    settings = service_settings(tmp, weights, path_roots=[root], api_keys=[KEY, "second-key"],
+                                max_upload_bytes=LIMIT, allow_urls=True, allow_private_urls=False)  # fmt: skip
+    svc = start_service(settings)
+    with httpx.Client(base_url=svc.api_url, timeout=60, headers={"X-API-Key": KEY}) as c:
+        yield {"svc": svc, "client": c, "root": root, "clips": clips, "secret": secret, "tmp": tmp}
+    svc.stop(worker_grace=10)
+
+
+def problem(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, r.text
+    return Problem.model_validate(r.json()).detail
+
+
+# ---- auth ---------------------------------------------------------------------------------------------------
+def test_api_key_required(env):
+    c = env["client"]
+    url = env["svc"].api_url
+    for method, path in (("get", "/v1/jobs/jx"), ("post", "/v1/jobs"), ("post", "/v1/tag"), ("post", "/v1/batches"),
+                         ("get", "/v1/batches/bx"), ("get", "/v1/batches/bx/results"),
+                         ("post", "/v1/batches/bx/repredict"), ("get", "/v1/jobs/jx/frames")):  # fmt: skip
+        r = httpx.request(method, url + path, json={"path": "x"})
+        assert "missing API key" in problem(r, 401), path
+        r = httpx.request(method, url + path, json={"path": "x"}, headers={"X-API-Key": "wrong"})
+        assert problem(r, 401) == "invalid API key"
+    r = httpx.get(url + "/v1/jobs/nope", headers={"X-API-Key": "second-key"})  # any configured key works
+    assert "no job" in problem(r, 404)
+    # open endpoints: health, readiness, metrics, docs, the page
+    assert Health.model_validate(httpx.get(url + "/healthz").json()).status == "ok"
+    for path in ("/readyz", "/metrics", "/docs", "/openapi.json", "/", "/static/app.js"):
+        assert httpx.get(url + path).status_code == 200, path
+    assert c.get("/v1/jobs/nope").status_code == 404
+
+
+# ---- uploads ------------------------------------------------------------------------------------------------
+def test_upload_tag_returns_ranked_result(env):
+    c = env["client"]
+    data = env["clips"][0].read_bytes()
+    r = c.post("/v1/tag", files={"file": ("my clip.mp4", data, "video/mp4")}, data={"topk": "4"})
+    assert r.status_code == 200, r.text
+    job = JobOut.model_validate(r.json())
+    assert job.status == "done" and job.input == "upload" and job.filename == "my_clip.mp4"
+    assert job.result is not None and job.result.ok and len(job.result.tags) == 4
+    probs = [t.probability for t in job.result.tags]
+    assert probs == sorted(probs, reverse=True) and job.model == "imagenet_framepool"
+    assert {"queue_extract_s", "extract_s", "predict_s", "total_s"} <= set(job.timings)
+    assert r.headers["location"] == f"/v1/jobs/{job.job_id}"
+    # raw body upload, same video: same content id
+    r2 = c.post("/v1/tag", content=data, headers={"Content-Type": "application/octet-stream", "X-Filename": "a.mp4"})
+    assert JobOut.model_validate(r2.json()).result.video_id == job.result.video_id
+    frames = FramesOut.model_validate(c.get(f"/v1/jobs/{job.job_id}/frames").json())
+    assert 1 <= len(frames.frames) <= 8 and all(f.data_url.startswith("data:image/jpeg;base64,") for f in frames.frames)
+
+
+def test_upload_size_limit_enforced_while_streaming(env):
+    c = env["client"]
+    big = os.urandom(LIMIT + 10_000)
+    before = set(Path(env["tmp"] / "data" / "uploads").glob("*"))
+    # declared length over the limit: refused before reading
+    assert "larger than the limit" in problem(c.post("/v1/jobs", files={"file": ("big.mp4", big)}), 413)
+
+    def stream():  # no Content-Length: chunked; the server counts while reading
+        for i in range(0, len(big), 16_384):
+            yield big[i : i + 16_384]
+
+    r = c.post("/v1/jobs", content=stream(), headers={"Content-Type": "application/octet-stream"})
+    assert "larger than the limit" in problem(r, 413)
+    time.sleep(0.2)
+    assert set(Path(env["tmp"] / "data" / "uploads").glob("*")) == before  # partial uploads removed
+    ok = c.post("/v1/jobs", files={"file": ("small.mp4", env["clips"][1].read_bytes())})
+    assert ok.status_code == 202 and JobOut.model_validate(ok.json()).status in ("queued", "extracting")
+
+
+def test_bad_upload_gets_specific_error(env, tmp_path):
+    c = env["client"]
+    r = c.post("/v1/tag", files={"file": ("notes.mp4", b"this is not a video\n" * 20)})
+    assert r.status_code == 422, r.text
+    job = JobOut.model_validate(r.json())
+    assert job.status == "failed" and job.result is None
+    assert job.error.code == "not_a_video" and job.error.stage == "extract" and job.error.reason
+    assert "no file part" in problem(c.post("/v1/jobs", files={"other": ("x", b"")}, data={"file": "x"}), 400)
+    r = c.post("/v1/jobs", files={"file": ("v.mp4", b"xx")}, data={"topk": "0"})
+    assert "topk" in problem(r, 422)
+    assert "not found" in problem(c.post("/v1/jobs", files={"file": ("v.mp4", b"x")}, data={"model": "nope"}), 404)
+    assert "invalid model name" in problem(c.post("/v1/jobs", json={"path": "clips/api_000.mp4", "model": "../x"}), 400)
+
+
+# ---- server-side paths --------------------------------------------------------------------------------------
+def test_path_inputs_only_under_roots(env):
+    c = env["client"]
+    root = env["root"]
+    r = c.post("/v1/tag", json={"path": "clips/api_001.mp4", "topk": 2})  # relative to the first root
+    job = JobOut.model_validate(r.json())
+    assert r.status_code == 200 and job.source == str((root / "clips/api_001.mp4").resolve())
+    assert len(job.result.tags) == 2
+    for bad in ("../outside/secret.mp4", "clips/../../outside/secret.mp4", str(env["secret"]), "/etc/passwd",
+                "link.mp4"):  # fmt: skip
+        detail = problem(c.post("/v1/jobs", json={"path": bad}), 403)
+        assert "traversal" in detail or "outside the allowed roots" in detail, bad
+    assert "exactly one" in problem(c.post("/v1/jobs", json={}), 400)
+    assert "exactly one" in problem(c.post("/v1/jobs", json={"path": "a", "url": "http://b"}), 400)
+    assert "not valid JSON" in problem(c.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"}),
+                                       400)  # fmt: skip
+    r = c.post("/v1/batches", json={"paths": [str(env["clips"][0]), "../x.mp4", "/etc/hosts"]})
+    detail = problem(r, 403)
+    assert "2 refused" in detail and "line 2" in detail and "line 3" in detail
+
+
+def test_missing_file_under_root_fails_as_job(env):
+    r = env["client"].post("/v1/tag", json={"path": "clips/nothing.mp4"})
+    job = JobOut.model_validate(r.json())
+    assert r.status_code == 422 and job.error.code == "missing"
+
+
+# ---- URLs ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("http://127.0.0.1:8000/v.mp4", "loopback"),
+        ("http://localhost/v.mp4", "loopback"),
+        ("http://10.1.2.3/v.mp4", "private"),
+        ("http://192.168.0.10/v.mp4", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[::1]/v.mp4", "loopback"),
+        ("http://[fe80::1]/v.mp4", "link-local"),
+        ("http://[::ffff:127.0.0.1]/v.mp4", "loopback"),
+        ("http://0.0.0.0/v.mp4", "unspecified"),
+        ("http://100.64.0.1/v.mp4", "non-public"),
+    ],
+)
+def test_private_urls_refused(env, url, why):
+    detail = problem(env["client"].post("/v1/jobs", json={"url": url}), 403)
+    assert why in detail and "refused" in detail
+
+
+def test_malformed_urls_refused(env):
+    c = env["client"]
+    assert "only http and https" in problem(c.post("/v1/jobs", json={"url": "ftp://example.com/v.mp4"}), 400)
+    assert "only http and https" in problem(c.post("/v1/jobs", json={"url": "file:///etc/passwd"}), 400)
+    assert "credentials" in problem(c.post("/v1/jobs", json={"url": "http://u:p@example.com/v.mp4"}), 400)
+    assert "no host" in problem(c.post("/v1/jobs", json={"url": "http:///v.mp4"}), 400)
+
+
+def test_security_helpers_directly(tmp_path):
+    with pytest.raises(Refused, match="disabled"):
+        check_url("https://example.com/v.mp4", allow_urls=False, allow_private=False)
+    assert check_url("http://127.0.0.1/v.mp4", allow_urls=True, allow_private=True) == "http://127.0.0.1/v.mp4"
+    with pytest.raises(Refused, match="disabled"):
+        resolve_server_path("/x.mp4", [])
+    with pytest.raises(Refused, match="NUL"):
+        resolve_server_path("a\x00b", [tmp_path])
+    assert resolve_server_path("a/b.mp4", [tmp_path]) == (tmp_path / "a/b.mp4").resolve()
+
+
+# ---- jobs, batches and their schemas ------------------------------------------------------------------------
+def test_async_job_lifecycle(env):
+    c = env["client"]
+    r = c.post("/v1/jobs", json={"path": "clips/api_002.mp4"})
+    assert r.status_code == 202
+    job = JobOut.model_validate(r.json())
+    assert job.status == "queued" and job.kind == "job" and job.result is None
+    deadline = time.monotonic() + 60
+    while job.status not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = JobOut.model_validate(c.get(f"/v1/jobs/{job.job_id}").json())
+    assert job.status == "done" and job.finished and job.result.ok and job.error is None
+
+
+def test_tag_timeout_returns_202(env):
+    r = env["client"].post("/v1/tag", params={"timeout": 0}, json={"path": "clips/api_000.mp4"})
+    assert r.status_code == 202 and JobOut.model_validate(r.json()).status in ("queued", "extracting")
+    assert "timeout" in problem(env["client"].post("/v1/tag", params={"timeout": -1}, json={"path": "a"}), 422)
+
+
+def test_batches_json_text_and_multipart(env):
+    c = env["client"]
+    paths = [str(p) for p in env["clips"]]
+    created = []
+    r = c.post("/v1/batches", json={"paths": paths[:2], "topk": 3})
+    created.append(r)
+    r = c.post("/v1/batches", content="\n".join(paths) + "\n", headers={"Content-Type": "text/plain"})
+    created.append(r)
+    r = c.post("/v1/batches", files={"filelist": ("list.txt", "\n".join(paths).encode())}, data={"topk": "2"})
+    created.append(r)
+    expected = [(2, 3), (3, None), (3, 2)]
+    for r, (n, k) in zip(created, expected, strict=True):
+        assert r.status_code == 202, r.text
+        b = BatchOut.model_validate(r.json())
+        assert (b.total, b.topk, b.kind) == (n, k, "batch") and r.headers["location"] == f"/v1/batches/{b.batch_id}"
+        done = BatchOut.model_validate(wait_batch(c, b.batch_id, 120))
+        assert (done.done, done.failed, done.pending, done.progress) == (n, 0, 0, 1.0)
+        page = BatchResults.model_validate(c.get(f"/v1/batches/{b.batch_id}/results", params={"limit": 2}).json())
+        assert page.total == n and [i.index for i in page.items] == list(range(min(n, 2)))
+        page2 = BatchResults.model_validate(
+            c.get(f"/v1/batches/{b.batch_id}/results", params={"offset": 2, "limit": 2}).json()
+        )
+        assert [i.index for i in page2.items] == list(range(2, n))
+        assert all(len(i.result.tags) == (k or 5) for i in page.items + page2.items)
+    assert "empty" in problem(c.post("/v1/batches", json={"paths": []}), 400)
+    r = c.post("/v1/batches", content=b"x", headers={"Content-Type": "image/png"})
+    assert "send application/json" in problem(r, 415)
+    assert "no batch" in problem(c.get("/v1/batches/bnope"), 404)
+    assert "no batch" in problem(c.get("/v1/batches/bnope/results"), 404)
+    assert "limit" in problem(c.get(f"/v1/batches/{b.batch_id}/results", params={"limit": 0}), 422)
+
+
+def test_repredict_validation(env):
+    c = env["client"]
+    b = c.post("/v1/batches", json={"paths": [str(env["clips"][0])]}).json()
+    wait_batch(c, b["batch_id"], 60)
+    assert "not found" in problem(c.post(f"/v1/batches/{b['batch_id']}/repredict", json={"model": "nope"}), 404)
+    assert "model" in problem(c.post(f"/v1/batches/{b['batch_id']}/repredict", json={}), 422)
+    assert "no batch" in problem(c.post("/v1/batches/bnope/repredict", json={"model": "tiny_pool"}), 404)
+    r = c.post(f"/v1/batches/{b['batch_id']}/repredict", json={"model": "tiny_pool"})
+    child = BatchOut.model_validate(r.json())
+    assert r.status_code == 202 and child.kind == "repredict" and child.parent == b["batch_id"]
+
+
+def test_health_ready_metrics_openapi(env):
+    c = env["client"]
+    r = c.get("/readyz")
+    ready = Ready.model_validate(r.json())
+    assert r.status_code == 200 and ready.status == "ready" and ready.redis
+    assert ready.workers["extract"] and ready.workers["predict"]
+    text = c.get("/metrics").text
+    for name in ("videotag_http_requests_total", "videotag_queue_depth{queue=\"extract\"}",
+                 "videotag_task_duration_seconds_bucket", "videotag_task_failures_total", "videotag_redis_up 1.0",
+                 'route="/v1/jobs/{job_id}"'):  # fmt: skip
+        assert name in text, name
+    spec = c.get("/openapi.json").json()
+    for path in (
+        "/v1/tag",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/batches",
+        "/v1/batches/{batch_id}",
+        "/v1/batches/{batch_id}/results",
+        "/v1/batches/{batch_id}/repredict",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in spec["paths"], path
+    assert "multipart/form-data" in spec["paths"]["/v1/tag"]["post"]["requestBody"]["content"]
+
+
+def test_readyz_reports_missing_workers(tmp_path, default_weights):
+    """API + Redis without workers: 503 naming the queues nobody consumes."""
+    from videotag.service import Service
+
+    settings = service_settings(tmp_path, make_weights(tmp_path / "w", default_weights))
+    svc = Service(settings, port=free_port(), workers=False).start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(svc.api_url + "/readyz", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        ready = Ready.model_validate(r.json())
+        assert r.status_code == 503 and ready.status == "not_ready" and ready.redis
+        assert "extract" in ready.detail and "predict" in ready.detail
+    finally:
+        svc.stop()
