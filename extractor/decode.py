@@ -30,8 +30,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import av
+import cv2
 import numpy as np
 from av.stream import Disposition
+from av.video.reformatter import VideoReformatter
 
 from extractor.sampling import POLICIES, segment_indices, timestamp_indices
 from videotag.errors import VideoError
@@ -39,6 +41,7 @@ from videotag.errors import VideoError
 log = logging.getLogger(__name__)
 
 Transform = Callable[[np.ndarray], np.ndarray]
+_CV2_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 _MAX_WARNINGS = 20
 
 
@@ -334,6 +337,7 @@ class SampledDecoder:
         self.transform = transform
         self.threads = threads
         self._resize_to = getattr(transform, "resize_to", None)
+        self._reformatter = VideoReformatter()
         self._probed = probe(self.path)
         self.info: VideoInfo = dataclasses.replace(self._probed, warnings=[])
         self.plan: SamplePlan | None = None
@@ -359,15 +363,20 @@ class SampledDecoder:
         target = None
         if self._resize_to is not None:
             target = self._resize_to(h, w) if rot in (90, 270) else self._resize_to(w, h)
+        # One reformatter for all frames: it keeps its swscale context (frame.to_ndarray(...) builds a new one per
+        # frame, which costs ~10x the conversion itself at 340x256).
         if target is not None:
             tw, th = target  # display orientation; scale the stored picture to the pre-rotation size
             sw, sh = (th, tw) if rot in (90, 270) else (tw, th)
-            interp = "AREA" if sw < w else "BILINEAR"
-            rgb = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation=interp)
+            interp = "AREA" if sw < w else "BILINEAR"  # swscale BILINEAR is also 2x slower than AREA when shrinking
+            rgb = self._reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation=interp)
         else:
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = self._reformatter.reformat(frame, format="rgb24")
+        rgb = rgb.to_ndarray()
         if rot:
-            rgb = np.rot90(rgb, k=-(rot // 90))  # np.rot90 turns counter-clockwise; negative k = clockwise
+            # == np.rot90(rgb, k=-rot // 90) (clockwise), but cv2 writes a contiguous result ~9x faster than
+            # numpy's strided copy (0.18 vs 1.6 ms at 340x256)
+            rgb = cv2.rotate(rgb, _CV2_ROTATE[rot])
         if not rgb.flags.c_contiguous:
             rgb = np.ascontiguousarray(rgb)
         return self.transform(rgb) if self.transform is not None else rgb
