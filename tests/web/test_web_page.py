@@ -1,0 +1,170 @@
+"""The web page in headless Chromium (Debian's `chromium`), driven over the DevTools protocol: a real file
+upload through the page's form, progress until done, ranked tags drawn as bars and a strip of sampled frames.
+
+Chromium comes from `apt-get install chromium` (scripts/install-system-deps.sh); the protocol client is the
+small `websocket-client` package. The test is skipped only when no Chromium binary exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import videogen
+from service_helpers import make_weights, service_settings, start_service
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--remote-allow-origins=*"]  # fmt: skip
+KEY = "web-key"
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+
+
+class Browser:
+    """Minimal Chrome DevTools protocol client for one page."""
+
+    def __init__(self, profile: Path) -> None:
+        import websocket
+
+        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                      "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("chromium did not start (no DevToolsActivePort)")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.ids = itertools.count(1)
+        self.console: list[str] = []
+        self.call("Runtime.enable")
+
+    def call(self, method: str, **params: Any) -> dict:
+        mid = next(self.ids)
+        self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("method") == "Runtime.consoleAPICalled":
+                self.console.append(" ".join(str(a.get("value", a.get("description"))) for a in msg["params"]["args"]))
+            if msg.get("id") == mid:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def js(self, expr: str) -> Any:
+        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"JS error in {expr!r}: {res['exceptionDetails']}")
+        return res["result"].get("value")
+
+    def wait(self, expr: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = self.js(expr)
+            if v:
+                return v
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expr}; console: {self.console}")
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except Exception:  # noqa: BLE001 - best-effort teardown
+            pass
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, default_weights):
+    tmp = tmp_path_factory.mktemp("web")
+    svc = start_service(service_settings(tmp, make_weights(tmp / "w", default_weights), api_keys=[KEY]))
+    yield svc
+    svc.stop(worker_grace=10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    profile = tmp_path / "profile"  # a fresh profile per test
+    profile.mkdir()
+    b = Browser(profile)
+    yield b
+    b.close()
+
+
+def test_upload_shows_progress_tags_and_frames(service, browser, tmp_path):
+    clip = videogen.make_video(tmp_path / "upload me.mp4", frames=30, size=(160, 120), fps=10)
+    browser.call("Page.enable")
+    browser.call("Page.navigate", url=service.api_url + "/")
+    browser.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
+    assert browser.js("document.title") == "videotag"
+
+    root = browser.call("DOM.getDocument")["root"]["nodeId"]
+    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    browser.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node)
+    browser.js(f"document.getElementById('apikey').value = {json.dumps(KEY)}")
+    browser.js("document.getElementById('topk').value = '6'")
+    browser.js("document.getElementById('submit').click()")
+
+    state = browser.wait("document.body.dataset.state", 90)
+    assert state == "done", browser.js("document.getElementById('error').textContent")
+    page = browser.js("""(() => ({
+        tags: [...document.querySelectorAll('#tags .tag')].map(li => ({
+            name: li.querySelector('.name').textContent,
+            p: parseFloat(li.querySelector('.p').textContent),
+            width: li.querySelector('.bar').getBoundingClientRect().width,
+            track: li.querySelector('.track').getBoundingClientRect().width})),
+        frames: [...document.querySelectorAll('#frames img')].map(i => ({w: i.naturalWidth, h: i.naturalHeight})),
+        progress: document.getElementById('progress').value,
+        steps: document.querySelectorAll('.steps span.on').length,
+        status: document.getElementById('status').textContent,
+        errorHidden: document.getElementById('error').hidden,
+    }))()""")
+    assert page["errorHidden"] and page["progress"] == 100 and page["steps"] == 5
+    assert "done" in page["status"]
+    tags = page["tags"]
+    assert len(tags) == 6 and all(t["name"] for t in tags)
+    assert [t["p"] for t in tags] == sorted((t["p"] for t in tags), reverse=True)
+    for t in tags:  # bar length is the probability's share of the track
+        assert abs(t["width"] - t["p"] * t["track"]) <= 2.0
+    assert 1 <= len(page["frames"]) <= 8 and all(f["w"] == 160 and f["h"] == 120 for f in page["frames"])
+
+    # the page's job is the API's job: same ranking
+    job_id = page["status"].split()[1].rstrip(":")
+    job = httpx.get(f"{service.api_url}/v1/jobs/{job_id}", headers={"X-API-Key": KEY}).json()
+    assert [t["class_name"] for t in job["result"]["tags"]] == [t["name"] for t in tags]
+    assert job["input"] == "upload" and job["filename"] == "upload_me.mp4"
+    shot = browser.call("Page.captureScreenshot", format="png")["data"]
+    (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
+
+
+def test_wrong_key_shows_error(service, browser, tmp_path):
+    clip = videogen.make_video(tmp_path / "v.mp4", frames=10, size=(64, 48), fps=10)
+    browser.call("Page.navigate", url=service.api_url + "/")
+    browser.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
+    root = browser.call("DOM.getDocument")["root"]["nodeId"]
+    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    browser.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node)
+    browser.js("document.getElementById('apikey').value = 'nope'")
+    browser.js("document.getElementById('submit').click()")
+    assert browser.wait("document.body.dataset.state", 30) == "error"
+    assert browser.js("document.getElementById('error').textContent") == "401: invalid API key"
