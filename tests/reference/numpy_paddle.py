@@ -207,3 +207,78 @@ def videotag_sample(num_decoded: int, n: int = 300) -> list[int]:
     if avg >= 1:
         return [(avg - 1) // 2 + i * avg for i in range(n)]
     return [i % num_decoded for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------- random weights
+
+
+def random_tsn_params(depth: int = 101, seed: int = 0, with_fc: int | None = 400) -> dict[str, np.ndarray]:
+    """TSN ResNet parameters with VideoTag's exact names and shapes, random but numerically tame.
+
+    He-scaled convs and BN statistics near identity keep activations O(1); the last BN of every residual branch
+    gets a small scale (and each projection shortcut a moderate one) so 33 stacked residual additions keep the
+    features O(1) instead of O(100).
+    """
+    rng = np.random.default_rng(seed)
+    p: dict[str, np.ndarray] = {}
+
+    def conv(name: str, o: int, i: int, k: int) -> None:
+        p[f"{name}_weights"] = rng.standard_normal((o, i, k, k), dtype=np.float32) * np.float32(
+            np.sqrt(2.0 / (i * k * k))
+        )
+
+    def bn(name: str, c: int, scale: float) -> None:
+        p[f"{name}_scale"] = (scale * rng.uniform(0.7, 1.3, c)).astype(np.float32)
+        p[f"{name}_offset"] = rng.normal(0.0, 0.1, c).astype(np.float32)
+        p[f"{name}_mean"] = rng.normal(0.0, 0.1, c).astype(np.float32)
+        p[f"{name}_variance"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+
+    conv("conv1", 64, 3, 7)
+    bn("bn_conv1", 64, 1.0)
+    inplanes, prev = 64, -1
+    for name, stage in resnet_block_names(depth):
+        planes = 64 * 2**stage
+        conv(name + "_branch2a", planes, inplanes, 1)
+        bn("bn" + name[3:] + "_branch2a", planes, 1.0)
+        conv(name + "_branch2b", planes, planes, 3)
+        bn("bn" + name[3:] + "_branch2b", planes, 1.0)
+        conv(name + "_branch2c", 4 * planes, planes, 1)
+        bn("bn" + name[3:] + "_branch2c", 4 * planes, 0.1)
+        if stage != prev:
+            conv(name + "_branch1", 4 * planes, inplanes, 1)
+            bn("bn" + name[3:] + "_branch1", 4 * planes, 0.5)
+        prev, inplanes = stage, 4 * planes
+    if with_fc:
+        p["fc_0.w_0"] = rng.normal(0, 0.01, (2048, with_fc)).astype(np.float32)
+        p["fc_0.b_0"] = np.zeros(with_fc, np.float32)
+    return p
+
+
+def random_attention_lstm_params(
+    num_classes: int = 3396,
+    seed: int = 0,
+    feature_dim: int = 2048,
+    embedding: int = 1024,
+    lstm: int = 512,
+    fc1: int = 8192,
+    fc2: int = 4096,
+) -> dict[str, np.ndarray]:
+    """VideoTag Attention-LSTM parameters (exact names; VideoTag's shapes by default), random, O(1) activations."""
+    rng = np.random.default_rng(seed)
+
+    def w(i: int, o: int, gain: float = 1.0) -> np.ndarray:
+        return rng.standard_normal((i, o), dtype=np.float32) * np.float32(gain / np.sqrt(i))
+
+    def b(n: int, s: float = 0.1) -> np.ndarray:
+        return rng.normal(0.0, s, n).astype(np.float32)
+
+    p = {"rgb_fc.w_0": w(feature_dim, embedding), "rgb_fc.b_0": b(embedding)}
+    for d in ("forward", "backward"):
+        p[f"rgb_fc_{d}.w_0"] = w(embedding, 4 * lstm)
+        p[f"rgb_lstm_{d}.w_0"] = w(lstm, 4 * lstm)
+        p[f"rgb_lstm_{d}.b_0"] = np.concatenate([b(4 * lstm), b(3 * lstm, 0.5)])[None, :]  # biases + peepholes
+    p["rgb_weight.w_0"] = w(2 * lstm, 1, 4.0)  # peaky enough that attention matters
+    p.update({"fc1.w_0": w(2 * lstm, fc1, 2.0), "fc1.b_0": b(fc1)})
+    p.update({"fc2.w_0": w(fc1, fc2, 2.0), "fc2.b_0": b(fc2)})
+    p.update({"output.w_0": w(fc2, num_classes, 2.0), "output.b_0": b(num_classes, 1.0)})
+    return p

@@ -11,6 +11,7 @@ _COMMAND_MODULES = [
     "videotag.cli.core",  # setup, tag, extract, predict
     "videotag.cli.stage2",  # train, evaluate, export, check-dataset, ensemble
     "videotag.cli.service",  # serve, worker, submit, status
+    "videotag.cli.import_videotag",  # import-videotag
 ]
 
 
