@@ -81,6 +81,7 @@ def worker(
     data_dir: DataDir = None,
     events: Annotated[bool, typer.Option("--events", "-E", help="Send task events (Flower).")] = False,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. extract@%h.")] = None,
 ) -> None:
     """Start a Celery worker for the extract and/or predict queue on the configured Redis."""
     settings = make_settings(data_dir=data_dir)
@@ -88,6 +89,7 @@ def worker(
     from workers.__main__ import main as worker_main
 
     argv = ["--queues", queues, "--concurrency", str(concurrency), "--loglevel", loglevel]
+    argv += ["--hostname", hostname] if hostname else []
     worker_main(argv + (["--events"] if events else []))
 
 
