@@ -390,7 +390,7 @@ class SampledDecoder:
         container, stream = _open(self.path)
         times, durs, missing_pts = array("d"), array("d"), 0
         try:
-            tb = stream.time_base
+            tb = float(stream.time_base)
             try:
                 for packet in container.demux(stream):
                     if not packet.size:
@@ -398,16 +398,19 @@ class SampledDecoder:
                     if packet.pts is None:
                         missing_pts += 1
                     else:
-                        times.append(float(packet.pts * tb))
-                        durs.append(float((packet.duration or 0) * tb))
-            except (av.error.FFmpegError, OSError):
-                pass  # truncated: estimate from what was read; decoding will find and report the damage
+                        times.append(packet.pts * tb)
+                        durs.append((packet.duration or 0) * tb)
+            except (av.error.FFmpegError, OSError) as e:
+                # truncated: estimate from what was read; the decoding pass meets the same damage and reports it
+                log.info("%s: demuxing for the frame-count estimate stopped: %s", self.path, e)
         finally:
             container.close()
         count = len(times) + missing_pts
         if count == 0:
             return max(info.header_frames, 1), None, info.duration, "container header (no packets demuxed)"
-        if missing_pts or self.policy == "segment":
+        if self.policy == "segment":
+            return count, None, info.duration, "demuxed packet count"
+        if missing_pts:  # no timestamps to go by: assume the header's constant rate
             fps = info.fps or 25.0
             return count, np.arange(count) / fps, count / fps, "demuxed packet count"
         t = np.frombuffer(times, dtype=np.float64)
@@ -471,7 +474,7 @@ class SampledDecoder:
         wanted = set(self._plan_indices(est_count, est_times, est_duration).tolist())
         delivered: set[int] = set()
         pts = array("d")  # seconds, one per decoded frame (8 bytes each: the only per-frame state kept)
-        last_duration = 0.0
+        last_duration, last_time_base = 0, None
         container, stream = self._open_for_decoding()
         try:
             reader = _FrameReader(container, stream)
@@ -481,7 +484,7 @@ class SampledDecoder:
                 if t is None:  # no timestamp (some AVI/raw streams): continue from the previous one
                     t = pts[-1] + fallback_dt if pts else 0.0
                 pts.append(t)
-                last_duration = _seconds(frame.duration, frame.time_base)
+                last_duration, last_time_base = frame.duration, frame.time_base
                 if k in wanted:
                     delivered.add(k)
                     yield k, self._convert(frame)
@@ -490,7 +493,8 @@ class SampledDecoder:
         if not pts:
             raise _no_frame_error(self.path, self.info, reader)
 
-        times, duration = self._finish(reader, np.frombuffer(pts, dtype=np.float64), last_duration)
+        last_seconds = _seconds(last_duration, last_time_base)
+        times, duration = self._finish(reader, np.frombuffer(pts, dtype=np.float64), last_seconds)
         indices = self._plan_indices(times.size, times, duration)
         missing = sorted(set(indices.tolist()) - delivered)
         if missing:
