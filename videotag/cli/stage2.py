@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from videotag.cli.app import app
@@ -28,7 +29,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (VideotagError, ValueError, OSError) as e:
-            _err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            _err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -218,7 +219,7 @@ def check_dataset_cmd(
     )
     for kind, items, style in (("error", rep["errors"], "red"), ("warning", rep["warnings"], "yellow")):
         for p in items[:show]:
-            _out.print(f"[{style}]{kind}[/] [{p['code']}] {p['message']}", soft_wrap=True)
+            _out.print(f"[{style}]{kind}[/] {escape('[' + p['code'] + ']')} {escape(p['message'])}", soft_wrap=True)
         if len(items) > show:
             typer.echo(f"... {len(items) - show} more {kind}s in {out / 'report.json'}")
     typer.echo(f"report: {out / 'report.json'}")
