@@ -291,6 +291,11 @@ def probe(path: str) -> VideoInfo:
         if first is None:
             raise _no_frame_error(path, info, reader)
         info.rotation = _rotation_cw(first)
+        # Old-style "rotate" tag (clockwise degrees): FFmpeg turns it into a display matrix for mp4/mov, but in
+        # mkv it stays a plain tag (ROTATE), which FFmpeg <= 4 still honoured; so do we, when there is no matrix.
+        legacy = next((v for key, v in stream.metadata.items() if key.lower() == "rotate"), "")
+        if info.rotation == 0 and legacy.strip().lstrip("-").isdigit():
+            info.rotation = int(round(int(legacy) / 90) * 90) % 360
         info.width, info.height = first.width, first.height
         if info.rotation in (90, 270):
             info.width, info.height = info.height, info.width

@@ -149,6 +149,7 @@ def make_video(
     pattern: str = "index",
     gop: int = 12,
     faststart: bool = False,
+    rotate_tag: int | None = None,
 ) -> Path:
     """Write a real video whose frame k shows `render_frame(k)`; return its path.
 
@@ -156,6 +157,7 @@ def make_video(
     "mpeg4") defaults per container. size is (width, height) as stored; rotation (0/90/180/270, clockwise) is
     written as display-matrix metadata (mp4/mov/mkv/webm). vfr: frame times from `vfr_times` (1 ms time base).
     audio: add a 1 kHz tone track. faststart: mp4/mov index at the front (so a truncated file still opens).
+    rotate_tag: write only an old-style "rotate" stream tag (no display matrix; stays a plain tag in mkv).
     Raises RuntimeError if the encoder is not in this FFmpeg build (tests should skip).
     """
     path = Path(path)
@@ -182,6 +184,8 @@ def make_video(
             stream.time_base = Fraction(1, 1000)
         if rotation:
             stream.set_display_rotation(-rotation)  # FFmpeg's matrix angle is counter-clockwise
+        if rotate_tag is not None:
+            stream.metadata["rotate"] = str(rotate_tag)
         astream = None
         if audio:
             astream = out.add_stream(_DEFAULT_AUDIO[suffix], rate=48000)

@@ -93,6 +93,24 @@ def test_wrong_header_frame_count_is_corrected_by_decoding(tmp_path: Path, claim
     assert sorted(again) == sorted(out) and dec.info.warnings == first_warnings
 
 
+def test_frames_stream_out_while_decoding(tmp_path: Path) -> None:
+    """The first sampled frame arrives before the others are converted (the consumer's CNN can start)."""
+    path = make_video(tmp_path / "stream.mp4", frames=200, size=(96, 64))
+    calls: list[int] = []
+
+    def transform(rgb: np.ndarray) -> np.ndarray:
+        calls.append(frame_index(rgb, 0))
+        return rgb
+
+    dec = SampledDecoder(str(path), num_frames=10, transform=transform)
+    it = iter(dec)
+    k, img = next(it)
+    assert (k, calls) == (9, [9]) and dec.plan is None, "converted one frame, plan not final yet"
+    rest = list(it)
+    assert [k for k, _ in rest] == list(range(29, 200, 20)) and len(calls) == 10
+    assert dec.plan is not None and dec.info.decoded_frames == 200
+
+
 def test_n_equal_to_frame_count_takes_every_frame(sample_videos: dict[str, Path]) -> None:
     dec = SampledDecoder(str(sample_videos["h264.mp4"]), num_frames=40)
     out = decode_all(dec)
@@ -124,6 +142,14 @@ def test_rotation_metadata_is_honoured(tmp_path: Path, suffix: str, rotation: in
         # and it is the stored picture turned clockwise, not mirrored
         expected = np.rot90(render_frame(k), k=-(rotation // 90))
         assert np.abs(img.astype(int) - expected).mean() < 6
+
+
+def test_legacy_rotate_tag_in_mkv_is_honoured(tmp_path: Path) -> None:
+    path = make_video(tmp_path / "tagged.mkv", frames=6, rotate_tag=90)
+    dec = SampledDecoder(str(path), num_frames=3)
+    assert dec.info.rotation == 90 and (dec.info.width, dec.info.height) == (120, 160)
+    for k, img in decode_all(dec).items():
+        assert display_rotation(img) == 90 and frame_index(img, 90) == k
 
 
 def test_preprocess_resize_in_decoder_matches_preprocess_on_full_frame(sample_videos: dict[str, Path]) -> None:
