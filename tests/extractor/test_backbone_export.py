@@ -50,8 +50,8 @@ def test_export_backbone_parity_and_manifest(tmp_path):
 
 def test_tampered_weights_refused(tmp_path):
     out = export_backbone(
-        TinyCNN().eval(), tmp_path / "t", architecture="tiny", feature_dim=16, preprocess=Preprocess(crop=32, resize=36),
-        mean=(0.5,) * 3, std=(0.5,) * 3, source={},
+        TinyCNN().eval(), tmp_path / "t", architecture="tiny", feature_dim=16,
+        preprocess=Preprocess(crop=32, resize=36), mean=(0.5,) * 3, std=(0.5,) * 3, source={},
     )  # fmt: skip
     with open(out / "model.onnx", "ab") as f:
         f.write(b"\0")

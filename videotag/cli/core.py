@@ -236,3 +236,49 @@ def predict(
             writer.close()
     console.print(f"[bold]{ok + failed} video(s): {ok} ok, {failed} failed[/]")
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command("export-backbone")
+@guard
+def export_backbone_cmd(
+    arch: Annotated[str, typer.Option(help="resnet50 | resnet101 (torchvision layout, 2048-d) | efficientnet_lite0.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write (e.g. weights/resnet50).")],
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Local state-dict file (.pth) for ResNets: torchvision format, or {'state_dict': ...}."),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="Preprocessing: resize_short_crop (256 -> 224) or videotag (VideoTag's 341x256).")
+    ] = "resize_short_crop",
+    verbose: Verbose = 0,
+) -> None:
+    """Export a per-frame backbone to ONNX + manifest (asserting ONNX == torch), for `--backbone`/settings.
+
+    Weights are never downloaded: ResNets load from a local file. Use the result with
+    VIDEOTAG_BACKBONE=DIR (and a predictor trained on its features).
+    """
+    setup_logging(max(verbose, 1))
+    from extractor.backbone import export_backbone
+    from extractor.preprocess import Preprocess
+    from videotag.hashing import sha256_file
+
+    if arch == "efficientnet_lite0":
+        from extractor.backbones import efficientnet_lite0 as eff
+
+        net, dim, mean, std, source = eff.load_pretrained(), eff.FEATURE_DIM, eff.MEAN, eff.STD, eff.source_info()
+    elif arch in ("resnet50", "resnet101"):
+        from extractor.backbones.resnet import FEATURE_DIM, resnet_from_state_dict_file
+
+        if weights is None:
+            fail(f"{arch} needs --weights FILE.pth (a local torchvision-format state dict)")
+        net = resnet_from_state_dict_file(weights, depth=int(arch[6:]))
+        dim, mean, std = FEATURE_DIM, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        source = {"weights_file": str(weights), "weights_sha256": sha256_file(weights), "layout": "torchvision"}
+    else:
+        fail(f"unknown backbone {arch!r}; choose resnet50, resnet101 or efficientnet_lite0")
+    crop = 224
+    out = export_backbone(
+        net, out_dir, architecture=arch, feature_dim=dim, preprocess=Preprocess(preset, resize=256, crop=crop),
+        mean=mean, std=std, source=source,
+    )  # fmt: skip
+    console.print(f"[green]exported[/] {arch} -> {out}")
