@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -86,25 +87,23 @@ def _print_result(res: VideoResult, show: int) -> None:
     out.print(t)
 
 
-def _run(
-    sources: list[str],
-    settings: Settings,
-    model: str | None,
+def _report(
+    results: Iterable[VideoResult],
+    total: int,
+    label: str,
     out_dir: Path | None,
-    features: Path | None,
-    predict: bool,
     show: int,
     as_json: bool,
+    note: str = "",
 ) -> int:
-    if not sources:
-        fail("no input videos (give files, directories, URLs or --filelist)")
+    """Print/write each result as it comes, a progress bar for batches, a summary; exit status 1 on any failure."""
     writer = pipeline.ResultWriter(out_dir) if out_dir else None
     ok = failed = 0
     t0 = time.perf_counter()
     try:
-        with _progress(len(sources)) as prog:
-            task = prog.add_task("tagging" if predict else "extracting", total=len(sources), ok=0, failed=0)
-            for res in pipeline.tag_sources(sources, settings, model, features_out=features, predict=predict):
+        with _progress(total) as prog:
+            task = prog.add_task(label, total=total or None, ok=0, failed=0)
+            for res in results:
                 ok, failed = ok + res.ok, failed + (not res.ok)
                 prog.update(task, advance=1, ok=ok, failed=failed)
                 if writer:
@@ -119,11 +118,28 @@ def _run(
     dt = time.perf_counter() - t0
     console.print(
         f"[bold]{ok + failed} video(s): [green]{ok} ok[/], [{'red' if failed else 'green'}]{failed} failed[/][/]"
-        f" in {dt:.1f}s ({(ok + failed) / dt:.2f} videos/s)"
+        f" in {dt:.1f}s ({(ok + failed) / max(dt, 1e-9):.2f} videos/s)"
         + (f"; results in {out_dir}" if out_dir else "")
-        + (f"; features in {features}" if features else "")
+        + note
     )
     return 1 if failed else 0
+
+
+def _run(
+    sources: list[str],
+    settings: Settings,
+    model: str | None,
+    out_dir: Path | None,
+    features: Path | None,
+    predict: bool,
+    show: int,
+    as_json: bool,
+) -> int:
+    if not sources:
+        fail("no input videos (give files, directories, URLs or --filelist)")
+    results = pipeline.tag_sources(sources, settings, model, features_out=features, predict=predict)
+    note = f"; features in {features}" if features else ""
+    return _report(results, len(sources), "tagging" if predict else "extracting", out_dir, show, as_json, note)
 
 
 Inputs = Annotated[
@@ -220,22 +236,8 @@ def predict(
     settings = make_settings(topk=topk, threshold=threshold)
     _ensure_defaults(settings, model)
     wanted = pipeline.read_filelist(ids) if ids else None
-    writer = pipeline.ResultWriter(out_dir) if out_dir else None
-    ok = failed = 0
-    try:
-        for res in pipeline.predict_store(stores, settings, model, wanted):
-            ok, failed = ok + res.ok, failed + (not res.ok)
-            if writer:
-                writer.write(res)
-            if as_json:
-                print(res.model_dump_json(), flush=True)
-            else:
-                _print_result(res, show)
-    finally:
-        if writer:
-            writer.close()
-    console.print(f"[bold]{ok + failed} video(s): {ok} ok, {failed} failed[/]")
-    raise typer.Exit(1 if failed else 0)
+    results = pipeline.predict_store(stores, settings, model, wanted)
+    raise typer.Exit(_report(results, len(wanted or []), "predicting", out_dir, show, as_json))
 
 
 @app.command("export-backbone")
