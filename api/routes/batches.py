@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from api.deps import MAX_JSON_BYTES, AppState, State, require_api_key
 from api.routes.jobs import ERRORS
@@ -17,6 +18,7 @@ from api.uploads import read_body, read_json, receive_upload
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(require_api_key)])
 MAX_ITEMS = 1_000_000
+INLINE_ENQUEUE = 1000  # batches up to this size are fully queued before the response
 _REPORT = 5  # refused lines quoted in an error message
 
 BATCH_BODY: dict[str, Any] = {
@@ -108,15 +110,23 @@ async def create_batch(request: Request, st: State) -> Response:
     sources = await run_in_threadpool(_check_sources, items, st)
     model = check_model_name(body.model, st.settings.weights_dir) or st.settings.model
 
-    def create() -> dict[str, Any]:
-        from workers.tasks import enqueue
+    from workers.tasks import enqueue
 
+    def create() -> tuple[dict[str, Any], list[str]]:
         batch_id, job_ids = st.store.create_batch(sources, "path", model=model, topk=body.topk,
                                                   threshold=body.threshold)  # fmt: skip
-        enqueue([(j, "extract", None) for j in job_ids])
-        return st.store.batch(batch_id) or {}
+        return st.store.batch(batch_id) or {}, job_ids
 
-    return _batch_response(await run_in_threadpool(create), 202)
+    info, job_ids = await run_in_threadpool(create)
+    items = [(j, "extract", None) for j in job_ids]
+    if len(items) <= INLINE_ENQUEUE:
+        await run_in_threadpool(enqueue, items)
+        return _batch_response(info, 202)
+    # Large filelists: answer once the records exist; publish after the response (a crash in between is
+    # covered by resume at the next start: the jobs are in vt:jobs:active with no message in the queue).
+    resp = _batch_response(info, 202)
+    resp.background = BackgroundTask(enqueue, items)
+    return resp
 
 
 async def _batch(st: AppState, batch_id: str) -> dict[str, Any]:
