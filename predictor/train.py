@@ -370,7 +370,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool | None, log
         }
         history.append(entry)
         gap = metrics.get("gap@20", -math.inf) if metrics else -math.inf
-        improved = gap > best["gap@20"] or not val_ds
+        improved = val_ds is None or gap > best["gap@20"]
         if improved:
             best = {"epoch": epoch, "gap@20": gap if val_ds else None}
         ckpt = {

@@ -115,9 +115,12 @@ def train_cmd(
 ) -> None:
     """Train (or fine-tune) a sequence model on feature stores + labels; one checkpoint per epoch.
 
-    Defaults suit real data (~10k+ videos of 300 frames): 10 epochs, batch 64, 10% of ids for validation,
-    the reference optimisers (Attention-LSTM: centered RMSProp 1e-3, x0.1 every 5 epochs;
-    NeXtVLAD: Adam 2e-4, x0.8 per epoch). Export the result with `videotag export --checkpoint OUT`.
+    Defaults suit real data (thousands of videos of 300 frames): 10 epochs, batch 64, 10% of the ids for validation.
+
+    Optimisers of the references: attention_lstm centered RMSProp lr 1e-3, x0.1 every 5 epochs;
+    nextvlad Adam 2e-4, x0.8 per epoch; frame_pool Adam 1e-3.
+
+    Export the result with `videotag export --checkpoint OUT --out MODEL_DIR`.
     """
     from predictor.train import TrainConfig, train
 
