@@ -37,8 +37,14 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Make `dst` the same checkpoint as `src`: a hard link (checkpoints are never modified, only replaced),
+    or a copy where links are not possible; swapped in atomically either way."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
 

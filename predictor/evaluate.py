@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from predictor.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
-from predictor.data import DatasetError, SequenceDataset, load_labelled, pad_collate, store_backbone
+from predictor.data import DatasetError, SequenceDataset, load_labelled, pad_collate, sequence_shape, store_backbone
 from predictor.metrics import evaluate_all
 from predictor.models import SequenceModel
 from videotag.errors import ModelMismatchError
@@ -27,7 +27,7 @@ def predict_torch(model: SequenceModel, dataset: SequenceDataset, batch_size: in
     model.eval()
     out = np.empty((len(dataset), model.num_classes), dtype=np.float32)
     # Sort by length so each padded batch wastes little; results go back to dataset order.
-    order = sorted(range(len(dataset)), key=lambda i: dataset.sequence(i).shape[0])
+    order = sorted(range(len(dataset)), key=lambda i: sequence_shape(dataset.store, dataset.video_ids[i])[0])
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = pad_collate([dataset[i] for i in idx])
@@ -79,8 +79,13 @@ class _Scorer:
 
     def predict(self, dataset: SequenceDataset, batch_size: int) -> np.ndarray:
         if self.kind == "onnx":
-            seqs = [np.asarray(dataset.sequence(i), dtype=np.float32) for i in range(len(dataset))]
-            return self.onnx.predict(seqs, batch_size=batch_size)
+            # Batch by batch: a real dataset (10k videos x 300 x 2048 floats) does not fit in RAM at once.
+            out = np.empty((len(dataset), self.onnx.num_classes), dtype=np.float32)
+            for s in range(0, len(dataset), batch_size):
+                idx = range(s, min(s + batch_size, len(dataset)))
+                seqs = [np.asarray(dataset.sequence(i), dtype=np.float32) for i in idx]
+                out[s : s + len(seqs)] = self.onnx.predict(seqs, batch_size=batch_size)
+            return out
         return predict_torch(self.model, dataset, batch_size)
 
 

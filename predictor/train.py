@@ -221,9 +221,11 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
     threads: int = 0,
+    keep_checkpoints: int = 0,
 ) -> TrainResult:
     """Train `cfg` into `out_dir` (see module doc); returns the history. Raises DatasetError/TrainError on bad input.
 
+    keep_checkpoints: keep only the newest N checkpoint_epoch*.pt (0 = all; last.pt and best.pt always stay).
     threads: torch intra-op threads (0 = torch's default). Small models train much faster on 1 thread,
     especially on a busy machine, where idle-spinning OpenMP workers cost more than they add.
     """
@@ -232,12 +234,19 @@ def train(
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # denormals in saturated LSTM gates slow CPU training down many times
     try:
-        return _train(cfg, Path(out_dir), resume, progress, log)
+        return _train(cfg, Path(out_dir), resume, progress, log, keep_checkpoints)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool | None, log: Callable[[str], None]) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    progress: bool | None,
+    log: Callable[[str], None],
+    keep_checkpoints: int,
+) -> TrainResult:
     vocab = Vocabulary.load(cfg.vocab)
     store = FeatureStore(cfg.features)
     init = load_checkpoint(cfg.init_from) if cfg.init_from else None
@@ -393,6 +402,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool | None, log
         copy_checkpoint(path, out / "last.pt")
         if improved:
             copy_checkpoint(path, out / "best.pt")
+        if keep_checkpoints > 0:  # last.pt / best.pt are links of their own: they survive this
+            (out / f"checkpoint_epoch{epoch - keep_checkpoints}.pt").unlink(missing_ok=True)
         (out / "history.json").write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
         log(
             f"epoch {epoch}/{rc['epochs']}  loss {train_loss:.4f}  "

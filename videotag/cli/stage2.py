@@ -112,6 +112,9 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
     threads: int = typer.Option(0, help="torch CPU threads (0 = default; 1 is fastest for small models)."),
+    keep_checkpoints: int = typer.Option(
+        0, help="Keep only the newest N checkpoint_epoch*.pt (0 = all); last.pt and best.pt always stay."
+    ),
 ) -> None:
     """Train (or fine-tune) a sequence model on feature stores + labels; one checkpoint per epoch.
 
@@ -143,7 +146,15 @@ def train_cmd(
         seed=seed,
         init_from=str(init_from) if init_from else None,
     )
-    res = train(cfg, out, resume=resume, progress=progress, log=lambda s: typer.echo(s), threads=threads)
+    res = train(
+        cfg,
+        out,
+        resume=resume,
+        progress=progress,
+        log=lambda s: typer.echo(s),
+        threads=threads,
+        keep_checkpoints=keep_checkpoints,
+    )
     if res.history:
         best = res.best
         extra = f"; best epoch {best['epoch']} (val gap@20 {best['gap@20']:.4f})" if best.get("gap@20") else ""
