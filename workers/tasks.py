@@ -1,6 +1,7 @@
 """The two Celery tasks. Each is a few lines around the same pipeline functions the CLI uses.
 
-`extract(job_id)` (queue `extract`) -> features location dict -> `predict(location, job_id)` (queue `predict`).
+`extract(job_id)` (queue `extract`) -> features location dict -> `predict(location, job_id)` (queue `predict`):
+extract publishes its job's predict message itself, inside its error handling and before its own late ack.
 Messages carry only ids and the small location dict. Failure policy (`_guard`):
   - bad input (VideoError) and model/store mismatches are permanent: recorded on the job at once, no retry;
   - transient I/O errors (OSError, Redis connection errors) are retried with exponential backoff, then recorded;
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery import Task, chain
+from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from celery.worker.request import Request
@@ -70,6 +71,23 @@ class VideotagTask(Task):
     reject_on_worker_lost = True
     max_retries = MAX_RETRIES
 
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """Anything that escaped `_guard` (e.g. the soft time limit striking between two statements of ours):
+        the message is acked as failed, so record the job's failure here rather than leave it unfinished."""
+        stage = self.name.rsplit(".", 1)[-1]
+        code = "timeout" if isinstance(exc, SoftTimeLimitExceeded) else "internal_error"
+        reason = (f"{stage} exceeded the soft time limit of {self.soft_time_limit or app.conf.task_soft_time_limit} s"
+                  if code == "timeout" else f"{type(exc).__name__}: {exc}")  # fmt: skip
+        try:
+            st = store()
+            job = st.get(job_id_of(task_id))
+            st.observe_task(stage, 0.0, ok=False, code=code)
+            if job is not None and st.record(job.id, error={"code": code, "reason": reason, "stage": stage},
+                                             timings=job.timings) == 2:  # fmt: skip
+                finalize_batch(job.batch_id)
+        except Exception:  # noqa: BLE001 - Redis gone too: resume re-enqueues the job at the next start
+            log.exception("could not record the failure of %s", task_id)
+
 
 def _begin(job_id: str, stage: str, **fields: Any) -> Job:
     """Load the job; stop quietly (Ignore: acked, chain not continued) if it is unknown or already finished."""
@@ -89,7 +107,7 @@ def _fail(job: Job, stage: str, code: str, reason: str, seconds: float) -> None:
 
 
 @contextlib.contextmanager
-def _guard(task: Task, job: Job, stage: str) -> Iterator[None]:
+def _guard(task: Task, job: Job, stage: str, observe: bool = True) -> Iterator[None]:
     """Classify what the stage raised: record permanent failures, retry transient ones with backoff."""
     t0 = time.monotonic()
     try:
@@ -121,7 +139,8 @@ def _guard(task: Task, job: Job, stage: str) -> Iterator[None]:
         log.exception("%s %s failed", stage, job.id)
         _fail(job, stage, "internal", f"{type(e).__name__}: {e}", time.monotonic() - t0)
         raise Ignore() from None
-    store().observe_task(stage, time.monotonic() - t0, ok=True)
+    if observe:
+        store().observe_task(stage, time.monotonic() - t0, ok=True)
 
 
 @worker_process_init.connect
@@ -151,6 +170,7 @@ def extract(self: Task, job_id: str) -> dict:
     started = time.time()
     job = _begin(job_id, "extract", status="extracting", extract_started=started)
     if job.location and Path(job.location["path"]).is_file():  # redelivered after stage 1 finished
+        _hand_off(self, job, job.location)
         return job.location
     from videotag.pipeline import extract_to_store
 
@@ -161,7 +181,16 @@ def extract(self: Task, job_id: str) -> dict:
     location = {k: loc[k] for k in ("path", "video_id", "source", "num_frames") if k in loc}
     store().advance(job_id, status="extracted", extract_finished=time.time(), location=location,
                     video_id=location.get("video_id", ""), timings=timings)  # fmt: skip
+    _hand_off(self, job, location)
     return location
+
+
+def _hand_off(task: Task, job: Job, location: dict) -> None:
+    """Publish this job's predict message before extract's own message is acked (late ack): if the publish
+    fails, the transient-error path retries extract, which finds the features stored and publishes again.
+    (A Celery chain would publish after the task body, outside any handler: a failure there loses the job.)"""
+    with _guard(task, job, "extract", observe=False):
+        signature(job.id, "predict", location).apply_async()
 
 
 @app.task(name="videotag.predict", bind=True, base=VideotagTask)
@@ -209,15 +238,12 @@ def finalize_batch(batch_id: str | None, settings: Settings | None = None, force
 
 # ---- enqueueing (used by the API, the CLI and resume) ------------------------------------------------------
 def signature(job_id: str, stage: str = "extract", location: dict | None = None):
-    """The message(s) for one job: extract | predict chained, or predict alone on stored features."""
+    """The message for one job's stage. extract publishes the job's predict message itself when it is done."""
     nonce = uuid.uuid4().hex[:8]
     if stage == "predict":
         assert location is not None, "predict needs a features location"
         return predict.si(location, job_id).set(task_id=f"{job_id}/predict/{nonce}")
-    return chain(
-        extract.si(job_id).set(task_id=f"{job_id}/extract/{nonce}"),
-        predict.s(job_id).set(task_id=f"{job_id}/predict/{nonce}"),
-    )
+    return extract.si(job_id).set(task_id=f"{job_id}/extract/{nonce}")
 
 
 def enqueue(items: list[tuple[str, str, dict | None]]) -> None:

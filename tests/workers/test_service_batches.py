@@ -287,3 +287,21 @@ def test_full_restart_resumes_batch(tmp_path, weights, clips_root):
         st.r.close()
     finally:
         svc2.stop(worker_grace=10)
+
+
+def test_soft_time_limit_records_timeout(tmp_path, weights, clips_root):
+    """A stage running past the soft time limit fails with code `timeout` (recorded, not retried or lost)."""
+    clip = videogen.make_video(clips_root / "long.mp4", frames=400, size=(64, 48), fps=25, gop=50)
+    settings = service_settings(tmp_path, weights, path_roots=[clips_root], frames=300,  # 300 CNN frames: > 1 s
+                                task_soft_time_limit_s=1, task_time_limit_s=60)  # fmt: skip
+    svc = start_service(settings)
+    try:
+        with httpx.Client(base_url=svc.api_url, timeout=60) as c:
+            r = c.post("/v1/tag", json={"path": str(clip)})
+            job = r.json()
+            assert r.status_code == 422, r.text
+            assert job["error"]["code"] == "timeout" and "soft time limit of 1 s" in job["error"]["reason"]
+            assert job["attempts"] == 1  # failed once, not retried
+            assert svc.child("extract-worker").proc.poll() is None
+    finally:
+        svc.stop(worker_grace=10)
