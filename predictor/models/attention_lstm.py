@@ -90,8 +90,10 @@ class PeepholeBiLSTM(nn.Module):
         h_t = e.new_zeros(2, b, h)
         c_t = e.new_zeros(2, b, h)
         outs = []
-        for s in range(steps):
-            g = torch.baddbmm(x[s], h_t, self.weight_hh)  # [2, B, 4H]
+        # unbind (not x[s]): its backward stacks the step gradients once, where indexing would allocate and
+        # fill a full-size zero gradient of x at every step.
+        for x_s, m_s in zip(x[:steps].unbind(0), mask[:steps].unbind(0), strict=True):
+            g = torch.baddbmm(x_s, h_t, self.weight_hh)  # [2, B, 4H]
             g_c, g_i, g_f, g_o = g.chunk(4, dim=-1)
             i = torch.sigmoid(g_i + p_i * c_t)
             f = torch.sigmoid(g_f + p_f * c_t)
@@ -100,7 +102,7 @@ class PeepholeBiLSTM(nn.Module):
             # Padded steps come after every valid one (in both directions), so the state may run on past them:
             # only their outputs are zeroed.
             h_t = o * torch.tanh(c_t)
-            outs.append(h_t * mask[s])
+            outs.append(h_t * m_s)
         if steps < t:
             outs.extend([e.new_zeros(2, b, h)] * (t - steps))
         y = torch.stack(outs, 0)  # [T, 2, B, H]
