@@ -8,13 +8,13 @@ addresses that must all be public unless private targets are explicitly allowed.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import re
-import socket
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
+
+from videotag.netguard import non_public_target
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -62,24 +62,6 @@ def resolve_server_path(raw: str, roots: Sequence[str | Path]) -> Path:
     raise Refused(403, f"path {raw!r} is outside the allowed roots")
 
 
-def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for attr, what in (
-        ("is_loopback", "loopback"),
-        ("is_unspecified", "unspecified"),
-        ("is_link_local", "link-local"),
-        ("is_multicast", "multicast"),
-        ("is_reserved", "reserved"),
-        ("is_private", "private"),
-    ):
-        if getattr(ip, attr):
-            return what
-    if not ip.is_global:  # e.g. carrier-grade NAT 100.64/10, documentation ranges
-        return "non-public"
-    return None
-
-
 def check_url(url: str, allow_urls: bool, allow_private: bool) -> str:
     """Validate an http(s) input URL; refuse loopback/private/link-local targets unless allowed. Returns it.
 
@@ -90,7 +72,7 @@ def check_url(url: str, allow_urls: bool, allow_private: bool) -> str:
         raise Refused(403, "URL inputs are disabled on this server (allow_urls=false)")
     try:
         u = urllib.parse.urlsplit(url)
-        port = u.port
+        u.port  # noqa: B018  (raises ValueError for a malformed port)
     except ValueError as e:
         raise Refused(400, f"malformed URL: {e}") from None
     if u.scheme not in ("http", "https"):
@@ -101,15 +83,9 @@ def check_url(url: str, allow_urls: bool, allow_private: bool) -> str:
         raise Refused(400, "URLs with credentials are not accepted")
     if allow_private:
         return url
-    try:
-        infos = socket.getaddrinfo(u.hostname, port or (443 if u.scheme == "https" else 80), type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise Refused(400, f"cannot resolve host {u.hostname!r}: {e.strerror}") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        why = _blocked(ip)
-        if why:
-            raise Refused(403, f"URL host {u.hostname!r} resolves to a {why} address ({ip}); refused")
+    problem = non_public_target(url)
+    if problem:
+        raise Refused(400 if problem.startswith("cannot resolve") else 403, problem)
     return url
 
 

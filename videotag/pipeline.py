@@ -34,6 +34,7 @@ VIDEO_EXTENSIONS = {
     ".mts", ".3gp", ".ogv", ".vob", ".mxf", ".divx",
 }  # fmt: skip
 ID_LENGTH = 32  # hex chars of the content sha256 used as the video id
+MAX_REDIRECTS = 5
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -71,25 +72,40 @@ def expand_inputs(inputs: Iterable[str], filelist: str | Path | None = None) -> 
     return out
 
 
-def fetch_url(url: str, dest_dir: Path, settings: Settings) -> Path:
-    """Download an http(s) URL with size and time limits; VideoError(download_failed) on any failure."""
+def fetch_url(url: str, dest_dir: Path, settings: Settings, public_only: bool = False) -> Path:
+    """Download an http(s) URL with size and time limits; VideoError(download_failed) on any failure.
+
+    public_only: refuse hosts resolving to loopback/private/link-local addresses, checked again on every
+    redirect hop (the service sets it unless `allow_private_urls`; the CLI user may fetch from anywhere).
+    """
     import httpx
+
+    from videotag.netguard import non_public_target
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     name = Path(urllib.parse.urlparse(url).path).name or "video"
     fd, tmp = tempfile.mkstemp(prefix=".dl-", suffix="-" + name[-80:], dir=dest_dir)
-    size = 0
+    size, hop = 0, url
     try:
-        with os.fdopen(fd, "wb") as f, httpx.stream(
-            "GET", url, follow_redirects=True, timeout=settings.download_timeout_s
-        ) as r:
-            if r.status_code != 200:
-                raise VideoError(url, "download_failed", f"HTTP {r.status_code} from server")
-            for chunk in r.iter_bytes(1 << 20):
-                size += len(chunk)
-                if size > settings.max_download_bytes:
-                    raise VideoError(url, "download_failed", f"larger than {settings.max_download_bytes} bytes")
-                f.write(chunk)
+        with os.fdopen(fd, "wb") as f, httpx.Client(timeout=settings.download_timeout_s) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                if public_only and (problem := non_public_target(hop)):
+                    where = f" (redirected to {hop})" if hop != url else ""
+                    raise VideoError(url, "download_failed", problem + where)
+                with client.stream("GET", hop) as r:
+                    if r.is_redirect and "location" in r.headers:
+                        hop = urllib.parse.urljoin(hop, r.headers["location"])
+                        continue
+                    if r.status_code != 200:
+                        raise VideoError(url, "download_failed", f"HTTP {r.status_code} from server")
+                    for chunk in r.iter_bytes(1 << 20):
+                        size += len(chunk)
+                        if size > settings.max_download_bytes:
+                            raise VideoError(url, "download_failed", f"larger than {settings.max_download_bytes} bytes")
+                        f.write(chunk)
+                    break
+            else:
+                raise VideoError(url, "download_failed", f"more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as e:
         Path(tmp).unlink(missing_ok=True)
         raise VideoError(url, "download_failed", f"{type(e).__name__}: {e}") from e
@@ -194,6 +210,7 @@ def extract_to_store(
     settings: Settings,
     model: str | None = None,
     video_id: str | None = None,
+    public_urls_only: bool = False,
 ) -> dict:
     """Stage 1 for one local file or URL into its own shard `features_dir/<backbone>/<video_id>.h5`.
 
@@ -204,7 +221,7 @@ def extract_to_store(
     extractor = get_extractor(settings, model)
     local, tmp = source, None
     if is_url(source):
-        tmp = fetch_url(source, settings.uploads_dir, settings)
+        tmp = fetch_url(source, settings.uploads_dir, settings, public_only=public_urls_only)
         local = str(tmp)
     try:
         _check_local(local, source)

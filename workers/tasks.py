@@ -175,7 +175,8 @@ def extract(self: Task, job_id: str) -> dict:
     from videotag.pipeline import extract_to_store
 
     with _guard(self, job, "extract"):
-        loc = extract_to_store(job.source, settings.features_dir, settings, model=job.model, video_id=job.video_id)
+        loc = extract_to_store(job.source, settings.features_dir, settings, model=job.model, video_id=job.video_id,
+                               public_urls_only=not settings.allow_private_urls)  # fmt: skip
     timings = {"queue_extract_s": started - job.created, "extract_s": time.time() - started,
                **{f"extract.{k}": float(v) for k, v in (loc.get("timings") or {}).items()}}  # fmt: skip
     location = {k: loc[k] for k in ("path", "video_id", "source", "num_frames") if k in loc}
