@@ -52,8 +52,11 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=3396, help="output classes (VideoTag: 3396)")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds per measurement")
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", type=int, default=0, help="torch and ORT intra-op threads (0 = their defaults)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     d, c = args.dim, args.classes
     vocab = Vocabulary(tuple(f"class_{i}" for i in range(c)))
@@ -70,7 +73,8 @@ def main() -> None:
     seqs = [rng.standard_normal((T, d)).astype(np.float32) for _ in range(max(batches))]
     rows = []
     print(
-        f"T={T}, D={d}, C={c}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"T={T}, D={d}, C={c}; torch {torch.__version__} ({torch.get_num_threads()} threads), ORT threads "
+        f"{args.threads or 'default'}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         file=sys.stderr,
     )
@@ -91,7 +95,7 @@ def main() -> None:
         ens.members[1].load_state_dict(models["nextvlad"].state_dict())
         models["ensemble"] = ens
         for name, m in models.items():
-            onnx = OnnxPredictor(dirs[name])
+            onnx = OnnxPredictor(dirs[name], intra_op_threads=args.threads)
             row = {"model": name, "params_M": sum(p.numel() for p in m.parameters()) / 1e6,
                    "onnx_MB": (dirs[name] / "model.onnx").stat().st_size / 2**20}  # fmt: skip
             for b in batches:

@@ -132,10 +132,12 @@ def test_resume_reproduces_uninterrupted_run_and_refuses_config_change(
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    # Another seed is another run.
-    vt(*_train_args(task, tmp_path / "c", *common, "--epochs", 1, "--seed", 1))
-    a1, c1 = _params(tmp_path / "a" / "checkpoint_epoch1.pt"), _params(tmp_path / "c" / "checkpoint_epoch1.pt")
-    assert not torch.equal(a1["classifier.weight"], c1["classifier.weight"])
+    # Another seed is another run (and --keep-checkpoints prunes old epochs, never last.pt / best.pt).
+    vt(*_train_args(task, tmp_path / "c", *common, "--epochs", 2, "--seed", 1, "--keep-checkpoints", 1))
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == ["best.pt", "checkpoint_epoch2.pt", "last.pt"]
+    a2, c2 = _params(tmp_path / "a" / "checkpoint_epoch2.pt"), _params(tmp_path / "c" / "last.pt")
+    assert not torch.equal(a2["classifier.weight"], c2["classifier.weight"])
+    _params(tmp_path / "c" / "best.pt")
 
     # A resume with another config is refused and says what changed; the run dir is left alone.
     saved = (tmp_path / "b" / "run_config.json").read_text()
