@@ -9,32 +9,38 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from extractor.preprocess import Preprocess
 from videotag.manifest import WEIGHTS_NAME, read_manifest, write_manifest
 from videotag.runtime import get_session
 
+if TYPE_CHECKING:  # torch is only needed to export; serving (FrameExtractor) stays torch-free and lean
+    from torch import nn
+
 OPSET = 17
 PARITY_TOL = 1e-4
 
 
-class _UInt8Frames(nn.Module):
+def _uint8_wrapper(features: nn.Module, mean, std) -> nn.Module:
     """uint8 NHWC RGB -> normalised float NCHW -> features."""
+    import torch
+    from torch import nn
 
-    def __init__(self, features: nn.Module, mean, std) -> None:
-        super().__init__()
-        self.features = features
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0))
+    class UInt8Frames(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = features
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("inv_std", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.permute(0, 3, 1, 2).to(torch.float32)
-        return self.features((x - self.mean) * self.inv_std)
+        def forward(self, frames: torch.Tensor) -> torch.Tensor:
+            x = frames.permute(0, 3, 1, 2).to(torch.float32)
+            return self.features((x - self.mean) * self.inv_std)
+
+    return UInt8Frames()
 
 
 def export_backbone(
@@ -54,7 +60,9 @@ def export_backbone(
 
     Asserts ONNX Runtime (CPU) == torch within 1e-4 on random frames; writes model.onnx + manifest.json.
     """
-    wrapped = _UInt8Frames(features_module.eval(), mean, std).eval()
+    import torch
+
+    wrapped = _uint8_wrapper(features_module.eval(), mean, std).eval()
     s = preprocess.crop
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (3, s, s, 3), dtype=torch.uint8, generator=g)
