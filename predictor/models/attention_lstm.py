@@ -249,7 +249,8 @@ def _build_onnx(m: AttentionLSTM, opset: int, lstm_impl: str):
     t_len = g.op("Squeeze", g.op("Slice", shape, g.i64(1), g.i64(2)), g.i64(0))  # scalar
     steps = g.op("Range", g.const("zero", np.array(0, np.int64)), t_len, g.const("one", np.array(1, np.int64)))
     steps_row = g.op("Unsqueeze", steps, g.i64(0))  # [1, T]
-    lens_col = g.op("Unsqueeze", lengths, g.i64(1))  # [B, 1]
+    lens = g.op("Min", lengths, t_len)  # lengths beyond T mean "all of it", as in torch (clamp)
+    lens_col = g.op("Unsqueeze", lens, g.i64(1))  # [B, 1]
     valid = g.op("Less", steps_row, lens_col)  # [B, T] bool
     valid_f = g.op("Cast", valid, to=TensorProto.FLOAT)
 
@@ -258,7 +259,7 @@ def _build_onnx(m: AttentionLSTM, opset: int, lstm_impl: str):
     e = g.op("Tanh", g.op("Add", e, g.const("embed_b", _np(m.embed.bias))))
 
     if lstm_impl == "onnx_lstm":
-        hs = _onnx_lstm(g, m, e, lengths)
+        hs = _onnx_lstm(g, m, e, lens)
     else:
         hs = _scan_lstm(g, m, e, batch, steps_row, lens_col, valid, valid_f)
 

@@ -134,6 +134,9 @@ def test_onnx_forms_match_torch(tmp_path, impl: str) -> None:
         if pad:
             x = torch.cat([x, torch.randn(x.shape[0], pad, x.shape[2])], 1)
         assert onnx_parity(tmp_path / "m.onnx", m, (x, lens)) <= 1e-4
+    # A length beyond T means the whole sequence, as in torch.
+    x, _ = parity_batch(SMALL["feature_dim"], lengths=(6, 6), seed=9)
+    assert onnx_parity(tmp_path / "m.onnx", m, (x, torch.tensor([9, 3]))) <= 1e-4
 
 
 def test_gradient_step_reduces_loss() -> None:
