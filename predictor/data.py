@@ -299,6 +299,10 @@ class SequenceDataset(torch.utils.data.Dataset):
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         x = self.store.features(self.video_ids[i])
+        if not np.isfinite(x).all():  # our writer refuses NaN, foreign or damaged files may not
+            raise DatasetError(
+                f"video {self.video_ids[i]!r}: features contain NaN or inf (`videotag check-dataset` lists all such)"
+            )
         if self._cache is not None:
             self._cache[i] = x
         return x

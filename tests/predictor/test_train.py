@@ -11,12 +11,15 @@ import json
 import traceback
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from predictor.synthetic import SyntheticTask, make_multilabel_task, make_order_task
 from videotag.cli import _load, app
+from videotag.store import FeatureRecord, write_shard
 from videotag.vocab import Vocabulary
 
 _load()
@@ -207,3 +210,12 @@ def test_bad_input_is_one_clear_error(tasks: dict[str, SyntheticTask], tmp_path:
     assert "different backbones" in out
     out = vt(*_train_args(task, tmp_path / "r4", "-m", "nextvlad", "-s", "groups=5"), code=2)
     assert "not divisible by groups" in out
+    # NaN features (which a foreign writer can leave) stop training with the video's id, not a NaN loss.
+    recs = [FeatureRecord(f"n{i}", np.ones((4, 32), np.float32) * i, f"/n/{i}", backbone="nan-test") for i in range(4)]
+    store = write_shard(tmp_path / "nan.h5", recs)
+    with h5py.File(store, "r+") as f:
+        f["videos/n2"][1, 1] = np.nan
+    (tmp_path / "nan.txt").write_text("n0 0\nn1 1\nn2 2\nn3 3\n")
+    out = vt("train", "-f", store, "-l", tmp_path / "nan.txt", "-v", task.vocab, "-o", tmp_path / "r5", "-m",
+             "frame_pool", "--epochs", 1, "--val-fraction", 0, code=2)  # fmt: skip
+    assert "video 'n2': features contain NaN" in out
