@@ -25,6 +25,14 @@ def r50_state() -> dict[str, torch.Tensor]:
     return net.state_dict()
 
 
+@pytest.fixture(scope="module")
+def r50_reference(r50_state) -> ResNet:
+    """The same weights through torch's own strict load_state_dict."""
+    ref = ResNet(50, num_classes=1000)
+    ref.load_state_dict(r50_state)
+    return ref.eval()
+
+
 @pytest.mark.parametrize("depth", [50, 101])
 def test_layout_matches_torchvision(depth: int) -> None:
     net = ResNet(depth, num_classes=1000)
@@ -43,7 +51,7 @@ def test_layout_matches_torchvision(depth: int) -> None:
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "no_counters"])
-def test_load_state_dict_file_variants(tmp_path, r50_state, wrap: str) -> None:
+def test_load_state_dict_file_variants(tmp_path, r50_state, r50_reference, wrap: str) -> None:
     state = dict(r50_state)
     if wrap == "module_prefix":
         state = {f"module.{k}": v for k, v in state.items()}
@@ -54,10 +62,8 @@ def test_load_state_dict_file_variants(tmp_path, r50_state, wrap: str) -> None:
     torch.save(obj, path)
 
     features = ResNet(50, num_classes=None).load_state_dict_file(path).eval()  # fc.* ignored: features only
-    ref = ResNet(50, num_classes=1000)
-    ref.load_state_dict(r50_state)
-    ref.eval()
-    x = torch.randn(2, 3, 64, 64)
+    ref = r50_reference
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(features(x), ref(x))
     full = resnet_from_state_dict_file(path, with_fc=True)
