@@ -237,6 +237,7 @@ def train(
         return _train(cfg, Path(out_dir), resume, progress, log, keep_checkpoints)
     finally:
         torch.set_num_threads(old_threads)
+        torch.set_flush_denormal(False)  # torch's default; leave the process as we found it
 
 
 def _train(
