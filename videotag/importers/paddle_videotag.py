@@ -412,9 +412,10 @@ def import_videotag(
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(stage_backbone, ignore_errors=True)
+    finally:  # the exporters stage in "<dir>.tmp" themselves: leave none of it behind on failure
+        for d in (stage, stage_backbone):
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(d.with_name(d.name + ".tmp"), ignore_errors=True)
     pman = read_manifest(out, kind="predictor")
     ids: dict[str, list[int]] = {}
     for i, name in enumerate(vocab.names):
