@@ -45,6 +45,8 @@ def get_session(
             if intra_op_threads:
                 opts.intra_op_num_threads = intra_op_threads
             opts.log_severity_level = 3
+            # Idle ORT threads must not spin: the decoder thread needs those cores between batches.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sess = ort.InferenceSession(path, sess_options=opts, providers=list(chosen))
             got = sess.get_providers()
             if got[0] != chosen[0]:
