@@ -32,14 +32,14 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _settings(frames: int) -> Settings:
-    return Settings(frames=frames)
+def _settings(frames: int, batch: int = 0) -> Settings:
+    return Settings(frames=frames, batch_size=batch)
 
 
-def mode_e2e(videos: list[str], frames: int) -> dict:
+def mode_e2e(videos: list[str], frames: int, batch: int = 0) -> dict:
     from videotag import pipeline
 
-    s = _settings(frames)
+    s = _settings(frames, batch)
     pipeline.load_models(s)  # model load is not part of throughput
     t = time.perf_counter()
     results = list(pipeline.tag_sources(videos, s))
@@ -50,7 +50,6 @@ def mode_e2e(videos: list[str], frames: int) -> dict:
 
 def mode_decode(videos: list[str], frames: int) -> dict:
     from extractor.decode import SampledDecoder
-
     from videotag import pipeline
 
     pre = pipeline.get_extractor(_settings(frames)).preprocess
@@ -65,10 +64,10 @@ def mode_decode(videos: list[str], frames: int) -> dict:
 def mode_backbone(videos: list[str], frames: int, batch: int) -> dict:
     """The CNN alone on as many frames as stage 1 sends it (unique sampled frames), already in memory."""
     from extractor.decode import SampledDecoder
-
     from videotag import pipeline
 
     ex = pipeline.get_extractor(_settings(frames))
+    batch = batch or pipeline.auto_batch_size(ex)
     crops = [np.stack([c for _, c in SampledDecoder(v, num_frames=frames, transform=ex.preprocess)]) for v in videos]
     ex(crops[0][:batch])  # warm-up
     t = time.perf_counter()
@@ -173,7 +172,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path)
     ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=0, help="0 = the pipeline's automatic choice.")
     ap.add_argument("--repeat", type=int, default=1, help="Process the folder this many times (longer, steadier).")
     ap.add_argument("--long-minutes", type=float, default=0.0, help="Also tag a generated long 360p video.")
     ap.add_argument("--long-path", type=Path, default=Path("/tmp/videotag-long-360p.mp4"))
@@ -192,7 +191,7 @@ def main() -> None:
     r = {
         "decode_only": run_isolated("mode_decode", videos, a.frames),
         "backbone_only": run_isolated("mode_backbone", videos, a.frames, a.batch_size),
-        "end_to_end": run_isolated("mode_e2e", videos, a.frames),
+        "end_to_end": run_isolated("mode_e2e", videos, a.frames, a.batch_size),
     }
     if not a.skip_reference:
         r["reference_videotag_way"] = run_isolated("mode_reference", videos, a.frames)
@@ -216,7 +215,7 @@ def main() -> None:
         t = time.perf_counter()
         lp = make_long_video(a.long_path, a.long_minutes)
         print(f"\nlong video: {lp} ({a.long_minutes:g} min 360p, generated/cached in {time.perf_counter() - t:.0f}s)")
-        lr = run_isolated("mode_e2e", [str(lp)], a.frames)
+        lr = run_isolated("mode_e2e", [str(lp)], a.frames, a.batch_size)
         r["long_video"] = lr
         print(f"tagged in {lr['seconds']:.1f}s, ok={lr['ok']}, peak RSS {lr['peak_rss_mib']:.0f} MiB (target < 1024)")
     if a.json:

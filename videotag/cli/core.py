@@ -150,7 +150,9 @@ Filelist = Annotated[
     Path | None, typer.Option("--filelist", "-f", help="Text file with one video path per line (VideoTag format).")
 ]
 Frames = Annotated[int | None, typer.Option(help="Frames sampled uniformly per video [default: 300].")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Frames per CNN batch [default: 32].")]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", help="Frames per CNN batch [default: 8 on CPU, 64 on GPU].")
+]
 Sampling = Annotated[
     str | None,
     typer.Option(help="segment (VideoTag's rule) or timestamp (uniform in time, for VFR) [default: the backbone's]."),
