@@ -7,14 +7,13 @@ provider (CPU, CUDA, TensorRT) gets the same input.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from extractor.preprocess import Preprocess
-from videotag.manifest import WEIGHTS_NAME, read_manifest, write_manifest
+from videotag.manifest import WEIGHTS_NAME, read_manifest, staged_dir, write_manifest
 from videotag.runtime import get_session
 
 if TYPE_CHECKING:  # torch is only needed to export; serving (FrameExtractor) stays torch-free and lean
@@ -66,51 +65,52 @@ def export_backbone(
     s = preprocess.crop
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (3, s, s, 3), dtype=torch.uint8, generator=g)
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with staged_dir(out_dir) as tmp:
+        diff = _export_checked(wrapped, frames, tmp / WEIGHTS_NAME, architecture, feature_dim)
+        write_manifest(
+            tmp,
+            {
+                "kind": "backbone",
+                "architecture": architecture,
+                "feature_dim": feature_dim,
+                "input": {"name": "frames", "layout": "NHWC", "dtype": "uint8", "color": "RGB", "size": s},
+                "preprocessing": {**preprocess.to_dict(), "mean": list(mean), "std": list(std), "scale": "1/255"},
+                "sampling": sampling,
+                "output": {"name": "features", "pooling": "global average"},
+                "opset": OPSET,
+                "onnx_parity_max_abs_diff": diff,
+                "source": source,
+                **(extra or {}),
+            },
+        )
+    return Path(out_dir)
+
+
+def _export_checked(wrapped: nn.Module, frames, path: Path, architecture: str, feature_dim: int) -> float:
+    """torch.onnx.export to `path`, then assert ONNX Runtime (CPU) == torch; returns the max |diff|."""
+    import onnxruntime as ort
+    import torch
+
     with torch.no_grad():
         ref = wrapped(frames).numpy()
         torch.onnx.export(
             wrapped,
             (frames,),
-            str(tmp / WEIGHTS_NAME),
+            str(path),
             input_names=["frames"],
             output_names=["features"],
             dynamic_axes={"frames": {0: "batch"}, "features": {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,  # one self-contained file
         )
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(tmp / WEIGHTS_NAME), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(["features"], {"frames": frames.numpy()})[0]
-    if got.shape != (3, feature_dim):
-        raise AssertionError(f"{architecture}: exported features have shape {got.shape}, expected (3, {feature_dim})")
+    if got.shape != (len(frames), feature_dim):
+        raise AssertionError(f"{architecture}: exported features have shape {got.shape}, expected (_, {feature_dim})")
     diff = float(np.abs(got - ref).max())
     if diff > PARITY_TOL:
         raise AssertionError(f"{architecture}: ONNX differs from torch by {diff:.2e} > {PARITY_TOL}")
-    write_manifest(
-        tmp,
-        {
-            "kind": "backbone",
-            "architecture": architecture,
-            "feature_dim": feature_dim,
-            "input": {"name": "frames", "layout": "NHWC", "dtype": "uint8", "color": "RGB", "size": s},
-            "preprocessing": {**preprocess.to_dict(), "mean": list(mean), "std": list(std), "scale": "1/255"},
-            "sampling": sampling,
-            "output": {"name": "features", "pooling": "global average"},
-            "opset": OPSET,
-            "onnx_parity_max_abs_diff": diff,
-            "source": source,
-            **(extra or {}),
-        },
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    return diff
 
 
 class FrameExtractor:

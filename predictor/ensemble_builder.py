@@ -8,7 +8,6 @@ torch architecture with `create_model("ensemble", **config)`.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from predictor.checkpoint import export_checkpoint
 from predictor.export import OPSET, PARITY_TOL, parity_batch
 from predictor.models.ensemble import compose_onnx, normalise_weights
 from videotag.errors import ModelMismatchError
-from videotag.manifest import LABELS_NAME, MANIFEST_NAME, WEIGHTS_NAME, read_manifest, write_manifest
+from videotag.manifest import LABELS_NAME, MANIFEST_NAME, WEIGHTS_NAME, read_manifest, staged_dir, write_manifest
 from videotag.vocab import Vocabulary
 
 
@@ -81,57 +80,52 @@ def build_ensemble(members: Sequence[str | Path], out_dir: str | Path, weights: 
         manifests = [read_manifest(d, kind="predictor") for d in dirs]
         _check_compatible(manifests, dirs)
         files = [d / m["weights"] for d, m in zip(dirs, manifests, strict=True)]
-        stage = out.with_name(out.name + ".tmp")
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(parents=True)
-        compose_onnx(files, norm, stage / WEIGHTS_NAME)
-        ref = manifests[0]
-        diff = _parity(stage / WEIGHTS_NAME, files, norm, int(ref["feature_dim"]))
-        if diff > PARITY_TOL:
-            raise AssertionError(f"merged ensemble graph differs from its members' average by {diff:.2e}")
-        vocab = Vocabulary.load(dirs[0] / ref["vocabulary"]["file"])
-        vocab.save(stage / LABELS_NAME)
-        config = {
-            "feature_dim": int(ref["feature_dim"]),
-            "num_classes": int(ref["num_classes"]),
-            "members": [
-                {
-                    "name": m["architecture"],
-                    "config": {k: v for k, v in m["config"].items() if k not in ("feature_dim", "num_classes")},
-                }
-                for m in manifests
-            ],
-            "weights": [float(w) for w in (weights if weights is not None else [1.0] * len(members))],
-        }
-        manifest = {
-            "kind": "predictor",
-            "architecture": "ensemble",
-            "config": config,
-            "feature_dim": int(ref["feature_dim"]),
-            "num_classes": int(ref["num_classes"]),
-            "backbone": ref.get("backbone"),
-            "vocabulary": {"file": LABELS_NAME, "sha256": vocab.sha256, "num_classes": len(vocab)},
-            "inputs": {"features": "float32 [B, T, D]", "lengths": "int64 [B]"},
-            "output": "probabilities",
-            "opset": OPSET,
-            "onnx_parity_max_abs_diff": diff,
-            "fusion_weights": norm,
-            "members": [
-                {
-                    "source": str(src),
-                    "architecture": m["architecture"],
-                    "sha256": m["sha256"],
-                    "weight": w,
-                    "metrics": m.get("metrics", {}),
-                }
-                for src, m, w in zip(members, manifests, norm, strict=True)
-            ],
-            "metrics": {},
-        }
-        write_manifest(stage, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        with staged_dir(out) as stage:
+            compose_onnx(files, norm, stage / WEIGHTS_NAME)
+            ref = manifests[0]
+            diff = _parity(stage / WEIGHTS_NAME, files, norm, int(ref["feature_dim"]))
+            if diff > PARITY_TOL:
+                raise AssertionError(f"merged ensemble graph differs from its members' average by {diff:.2e}")
+            vocab = Vocabulary.load(dirs[0] / ref["vocabulary"]["file"])
+            vocab.save(stage / LABELS_NAME)
+            config = {
+                "feature_dim": int(ref["feature_dim"]),
+                "num_classes": int(ref["num_classes"]),
+                "members": [
+                    {
+                        "name": m["architecture"],
+                        "config": {k: v for k, v in m["config"].items() if k not in ("feature_dim", "num_classes")},
+                    }
+                    for m in manifests
+                ],
+                "weights": [float(w) for w in (weights if weights is not None else [1.0] * len(members))],
+            }
+            manifest = {
+                "kind": "predictor",
+                "architecture": "ensemble",
+                "config": config,
+                "feature_dim": int(ref["feature_dim"]),
+                "num_classes": int(ref["num_classes"]),
+                "backbone": ref.get("backbone"),
+                "vocabulary": {"file": LABELS_NAME, "sha256": vocab.sha256, "num_classes": len(vocab)},
+                "inputs": {"features": "float32 [B, T, D]", "lengths": "int64 [B]"},
+                "output": "probabilities",
+                "opset": OPSET,
+                "onnx_parity_max_abs_diff": diff,
+                "fusion_weights": norm,
+                "members": [
+                    {
+                        "source": str(src),
+                        "architecture": m["architecture"],
+                        "sha256": m["sha256"],
+                        "weight": w,
+                        "metrics": m.get("metrics", {}),
+                    }
+                    for src, m, w in zip(members, manifests, norm, strict=True)
+                ],
+                "metrics": {},
+            }
+            write_manifest(stage, manifest)
     return out
 
 

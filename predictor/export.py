@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from predictor.models.base import SequenceModel
-from videotag.manifest import LABELS_NAME, WEIGHTS_NAME, write_manifest
+from videotag.manifest import LABELS_NAME, WEIGHTS_NAME, staged_dir, write_manifest
 from videotag.vocab import Vocabulary
 
 OPSET = 17
@@ -93,32 +92,26 @@ def export_predictor(
         raise ValueError(f"vocabulary has {len(vocab)} names but the model outputs {model.num_classes} classes")
     if int(backbone.get("feature_dim", model.feature_dim)) != model.feature_dim:
         raise ValueError(f"backbone feature dim {backbone['feature_dim']} != model input dim {model.feature_dim}")
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    diff = export_onnx(model, tmp / WEIGHTS_NAME)
-    vocab.save(tmp / LABELS_NAME)
-    manifest = {
-        "kind": "predictor",
-        "architecture": model.name,
-        "config": model.config,
-        "feature_dim": model.feature_dim,
-        "num_classes": model.num_classes,
-        "backbone": {"name": backbone.get("name"), "sha256": backbone.get("sha256")},
-        "vocabulary": {"file": LABELS_NAME, "sha256": vocab.sha256, "num_classes": len(vocab)},
-        "inputs": {"features": "float32 [B, T, D]", "lengths": "int64 [B]"},
-        "output": "probabilities",
-        "opset": OPSET,
-        "onnx_parity_max_abs_diff": diff,
-        "metrics": metrics or {},
-        **(extra or {}),
-    }
-    write_manifest(tmp, manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    with staged_dir(out_dir) as tmp:
+        diff = export_onnx(model, tmp / WEIGHTS_NAME)
+        vocab.save(tmp / LABELS_NAME)
+        manifest = {
+            "kind": "predictor",
+            "architecture": model.name,
+            "config": model.config,
+            "feature_dim": model.feature_dim,
+            "num_classes": model.num_classes,
+            "backbone": {"name": backbone.get("name"), "sha256": backbone.get("sha256")},
+            "vocabulary": {"file": LABELS_NAME, "sha256": vocab.sha256, "num_classes": len(vocab)},
+            "inputs": {"features": "float32 [B, T, D]", "lengths": "int64 [B]"},
+            "output": "probabilities",
+            "opset": OPSET,
+            "onnx_parity_max_abs_diff": diff,
+            "metrics": metrics or {},
+            **(extra or {}),
+        }
+        write_manifest(tmp, manifest)
+    return Path(out_dir)
 
 
 def save_run_config(path: str | Path, config: dict[str, Any]) -> None:

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +84,30 @@ def read_manifest(model_dir: str | Path, kind: str | None = None, verify: bool =
 def backbone_id(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a feature store records about the backbone that made it."""
     return {"name": manifest["architecture"], "sha256": manifest["sha256"], "feature_dim": manifest["feature_dim"]}
+
+
+def publish_dir(stage: str | Path, out: str | Path) -> Path:
+    """Move a finished model directory into place, replacing `out` by a rename swap (never half-written)."""
+    stage, out = Path(stage), Path(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+    stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+@contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """Build a model directory under a hidden staging name; it becomes `out` only if the block succeeds."""
+    out = Path(out)
+    stage = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    publish_dir(stage, out)

@@ -347,7 +347,7 @@ def import_videotag(
     from extractor.backbone import export_backbone
     from extractor.preprocess import Preprocess
     from predictor.export import export_predictor
-    from videotag.manifest import read_manifest
+    from videotag.manifest import publish_dir, read_manifest
 
     tsn, lstm, labels, out = Path(tsn), Path(lstm), Path(labels), Path(out)
     if lstm_impl not in LSTM_IMPLS:
@@ -409,13 +409,10 @@ def import_videotag(
             },
         )
         shutil.move(str(stage_backbone), str(stage / "backbone"))
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    finally:  # the exporters stage in "<dir>.tmp" themselves: leave none of it behind on failure
+        publish_dir(stage, out)
+    finally:  # the exporters clean their own staging dirs; leave none of ours behind on failure
         for d in (stage, stage_backbone):
             shutil.rmtree(d, ignore_errors=True)
-            shutil.rmtree(d.with_name(d.name + ".tmp"), ignore_errors=True)
     pman = read_manifest(out, kind="predictor")
     ids: dict[str, list[int]] = {}
     for i, name in enumerate(vocab.names):
