@@ -91,7 +91,7 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _check_file(path: str) -> tuple[int, bytes]:
+def check_file(path: str) -> tuple[int, bytes]:
     """(size in bytes, first 256 bytes) of a readable, non-empty regular file; else VideoError."""
     try:
         st = os.stat(path)
@@ -125,7 +125,7 @@ def _check_file(path: str) -> tuple[int, bytes]:
 
 def _open(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open `path` and pick its video stream (not cover art). The caller closes the container."""
-    size, head = _check_file(path)
+    size, head = check_file(path)
     try:
         container = av.open(path, metadata_errors="replace")
     except PermissionError as e:

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from extractor.backbone import FrameExtractor
+from extractor.decode import check_file
 from extractor.engine import Extraction, _Failed, extract_many
 from predictor.runtime import OnnxPredictor
 from videotag.errors import VideoError, VideotagError
@@ -264,14 +265,11 @@ def _as_source_error(exc: BaseException, source: str) -> BaseException:
 
 
 def _check_local(path: str, source: str) -> None:
-    """Cheap checks before decoding, so the error names the real problem."""
-    p = Path(path)
-    if not p.exists():
-        raise VideoError(source, "missing", "no such file")
-    if p.is_dir():
-        raise VideoError(source, "invalid_input", "is a directory, not a video file")
-    if not os.access(p, os.R_OK):
-        raise VideoError(source, "unreadable", "permission denied")
+    """The decoder's cheap file checks (missing, directory, empty, unreadable) before hashing, named by `source`."""
+    try:
+        check_file(path)
+    except VideoError as e:
+        raise _as_source_error(e, source) from None
 
 
 # --------------------------------------------------------------------------------------------- stage 2
