@@ -25,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from videotag.settings import Settings  # noqa: E402
 
-EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov"}
-
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -180,7 +178,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     a = ap.parse_args()
 
-    videos = sorted(str(p) for p in a.folder.iterdir() if p.suffix.lower() in EXTS) * a.repeat
+    from videotag.pipeline import expand_inputs  # the CLI's own notion of 'the videos in a folder'
+
+    videos = expand_inputs([str(a.folder)]) * a.repeat
     if not videos:
         sys.exit(f"no videos in {a.folder}")
     from videotag.cli.core import _ensure_defaults
