@@ -5,6 +5,12 @@ lines that do not parse, label ids out of range / unknown class names, labelled 
 empty / NaN / inf / wrongly shaped sequences, mixed backbones or feature dims. Reports class counts, classes
 without examples, videos without labels. Writes `report.json` and `class_histogram.png` into the output dir.
 
+Label keys are matched to stored videos as training matches them (`predictor.data.match_key`: id, recorded or
+normalised path, relative to the label file or the current directory, symlinks, content). The report's
+`mismatches` counts, by kind, the keys that match nothing (`unknown_id`, `missing_file`, `not_extracted`,
+`ambiguous_line`) and the stored videos without a label line (`unlabelled_videos`), with a few examples each;
+`summary.matched_by` says how the others matched.
+
 Every problem has a stable `code` (see `Problem`) and a message with file:line or the video id.
 """
 
@@ -19,14 +25,22 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from predictor.data import Problem, read_labels, resolve_labels
+from predictor.data import MISMATCH_CODES, Problem, read_labels, resolve_labels
 from videotag.errors import StoreError
 from videotag.manifest import now_iso
-from videotag.store import FeatureStore
+from videotag.store import FeatureStore, SourceIndex
 from videotag.vocab import Vocabulary
 
 REPORT_NAME = "report.json"
 HISTOGRAM_NAME = "class_histogram.png"
+MISMATCH_EXAMPLES = 5
+MISMATCH_KINDS = {
+    "unknown_id": "label keys that are no video id or recorded source in the store",
+    "missing_file": "label paths with no such file and no such recorded source",
+    "not_extracted": "label paths to existing files whose features are not in the store",
+    "ambiguous_line": "list lines whose path seems to contain spaces",
+    "unlabelled_videos": "stored videos without a label line",
+}
 
 
 class _MultiShard:
@@ -35,6 +49,7 @@ class _MultiShard:
     def __init__(self, paths: Sequence[str | Path], errors: list[Problem]) -> None:
         self.by_id: dict[str, tuple[FeatureStore, str]] = {}
         self.by_source: dict[str, str] = {}
+        self.sources = SourceIndex()
         self.stores: list[FeatureStore] = []
         for shard in self._expand(paths, errors):
             try:
@@ -49,9 +64,11 @@ class _MultiShard:
                     errors.append(Problem("duplicate_store_id", f"video id {vid!r} is in both {first} and {shard}"))
                     continue
                 self.by_id[vid] = (st, str(shard))
-                src = st.attrs(vid).get("source")
+                attrs = st.attrs(vid)
+                src = str(attrs.get("source", ""))
                 if src:
-                    self.by_source.setdefault(str(src), vid)
+                    self.by_source.setdefault(src, vid)
+                self.sources.add(vid, src, str(attrs.get("source_abs", "")))
 
     @staticmethod
     def _expand(paths: Sequence[str | Path], errors: list[Problem]) -> list[Path]:
@@ -71,7 +88,14 @@ class _MultiShard:
     def resolve(self, id_or_source: str) -> str | None:
         if id_or_source in self.by_id:
             return id_or_source
-        return self.by_source.get(id_or_source)
+        return self.by_source.get(id_or_source) or self.sources.lookup(id_or_source)
+
+    def resolve_realpath(self, path: str) -> str | None:
+        return self.sources.lookup_realpath(path)
+
+    def source_of(self, vid: str) -> str:
+        st, _ = self.by_id[vid]
+        return str(st.attrs(vid).get("source", ""))
 
     def close(self) -> None:
         for st in self.stores:
@@ -161,6 +185,7 @@ def check_dataset(
     warnings: list[Problem] = []
     summary: dict[str, Any] = {}
     class_counts: list[dict[str, Any]] = []
+    mismatches: dict[str, dict[str, Any]] = {}
     try:
         vocab: Vocabulary | None = Vocabulary.load(vocab_path)
     except (ValueError, OSError, UnicodeDecodeError) as e:
@@ -186,6 +211,10 @@ def check_dataset(
             warnings.extend(res.notes)
             summary["label_lines"] = len(lf.items)
             summary["labelled_videos"] = len(res.video_ids)
+            summary["matched_by"] = dict(res.matched_by)
+            for code in MISMATCH_CODES:
+                found = [p.message for p in res.problems if p.code == code]
+                mismatches[code] = {"count": len(found), "examples": found[:MISMATCH_EXAMPLES]}
             counts = np.zeros(len(vocab), dtype=np.int64)
             for ids in res.labels:
                 counts[list(ids)] += 1
@@ -208,9 +237,17 @@ def check_dataset(
                         f"{int((counts == 0).sum())} of {len(vocab)} classes have no labelled video (e.g. {empty})",
                     )
                 )
-            unlabelled = len(shards.by_id) - len(res.video_ids)
-            if unlabelled > 0:
-                warnings.append(Problem("unlabelled_videos", f"{unlabelled} video(s) in the store have no label line"))
+            labelled = set(res.video_ids)
+            unlabelled = [v for v in shards.by_id if v not in labelled]
+            examples = [f"{v} ({shards.source_of(v) or 'no source'})" for v in unlabelled[:MISMATCH_EXAMPLES]]
+            mismatches["unlabelled_videos"] = {"count": len(unlabelled), "examples": examples}
+            if unlabelled:
+                warnings.append(
+                    Problem(
+                        "unlabelled_videos",
+                        f"{len(unlabelled)} video(s) in the store have no label line (e.g. {', '.join(examples)})",
+                    )
+                )
             if out_dir is not None and len(vocab):
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
                 _histogram(counts, vocab, Path(out_dir) / HISTOGRAM_NAME)
@@ -225,6 +262,7 @@ def check_dataset(
         "error_counts": dict(by_code),
         "errors": [{"code": p.code, "message": p.message} for p in errors],
         "warnings": [{"code": p.code, "message": p.message} for p in warnings],
+        "mismatches": mismatches,
         "class_counts": class_counts,
         "created": now_iso(),
     }

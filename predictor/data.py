@@ -1,15 +1,23 @@
 """Training data: label files, the dataset over a FeatureStore, padding collate, split by id.
 
-Label files, two formats (picked by the `.csv` extension, or a first line `id,labels`):
+Label files, two formats (picked by the `.csv` extension, or a first line `id,labels` / `path,labels`):
 
     VideoTag list   one video per line: `ID_OR_PATH L1 L2 ...`, labels are 0-based vocabulary ids, separated by
                     spaces (or tabs; a line containing a tab is split on the first tab, so paths may hold spaces).
-                    Blank lines and lines starting with `#` are ignored.
-    CSV             header `id,labels`; labels are class names separated by `;` (names are looked up in the
-                    vocabulary; a name listed twice in the vocabulary maps to its first id).
+                    Blank lines and lines starting with `#` are ignored. A line whose path seems to hold spaces
+                    (`my clip.mp4 3`) is reported as `ambiguous_line`: use a tab or the CSV form.
+    CSV             header `id,labels` (or `path,labels`); labels are class names separated by `;` (names are
+                    looked up in the vocabulary; a name listed twice maps to its first id). Quote paths with
+                    commas; spaces need nothing.
 
-`ID_OR_PATH` is a store video id or the source path recorded at extraction (`FeatureStore.resolve`).
-Parsing never raises on bad lines: it returns the problems with file:line, and `require_clean` turns them into
+`ID_OR_PATH` is matched to a stored video by `match_key`, in order: video id (or a 64-hex content sha256), the
+source as recorded, that path normalised (`./`, `..`) or absolute as recorded at extraction, the path relative
+to the label file's directory, relative to the current directory, through symlinks (realpath), and finally by
+content (an existing file is hashed: its id is the first 32 hex of its sha256). Keys that match nothing are
+classified: `unknown_id`, `missing_file`, `not_extracted` (the file exists, its content is not in the store) or
+`ambiguous_line`.
+
+Parsing never raises on bad lines: it returns the problems with file:line, and `load_labelled` turns them into
 one `DatasetError` that lists them.
 """
 
@@ -18,6 +26,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +38,7 @@ import numpy as np
 import torch
 
 from videotag.errors import VideotagError
+from videotag.hashing import sha256_file
 from videotag.store import FeatureStore
 from videotag.vocab import Vocabulary
 
@@ -42,6 +54,7 @@ class LabeledItem:
     key: str
     labels: tuple[int, ...]
     where: str  # "file:line"
+    line: str = ""  # the raw line of a space-separated list line (to explain an ambiguous path)
 
 
 @dataclass(frozen=True)
@@ -60,10 +73,17 @@ class LabelFile:
     items: list[LabeledItem] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # errors: the item was skipped or is invalid
     notes: list[Problem] = field(default_factory=list)  # warnings: kept, but worth knowing
+    path: Path | None = None  # the label file (relative keys are tried against its directory)
+
+
+_KEY_COLUMNS = ("id", "path", "video")
+_INT = re.compile(r"[+-]?\d+")
+_FILEISH = re.compile(r"[/\\]|\.[A-Za-z0-9]{2,5}$")  # a path separator or a file extension
 
 
 def _is_csv(path: Path, first_line: str) -> bool:
-    return path.suffix.lower() == ".csv" or first_line.replace(" ", "").lower().startswith("id,labels")
+    head = first_line.replace(" ", "").replace('"', "").lower()
+    return path.suffix.lower() == ".csv" or any(head.startswith(f"{k},labels") for k in _KEY_COLUMNS)
 
 
 def read_labels(path: str | Path, vocab: Vocabulary) -> LabelFile:
@@ -77,7 +97,7 @@ def read_labels(path: str | Path, vocab: Vocabulary) -> LabelFile:
         raise DatasetError(f"label file {path} is not UTF-8 text ({e})") from None
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip()), "")
-    out = LabelFile()
+    out = LabelFile(path=path)
     if _is_csv(path, first):
         _read_csv(path, text, vocab, out)
     else:
@@ -94,11 +114,16 @@ def _read_list(path: Path, lines: list[str], vocab: Vocabulary, out: LabelFile) 
         where = f"{path}:{i}"
         if not line or line.startswith("#"):
             continue
+        spaced = ""
         if "\t" in line:
             key, _, rest = line.partition("\t")
             fields = rest.replace(",", " ").split()
         else:
             key, *fields = line.split()
+            spaced = line if fields else ""
+            if (amb := _ambiguous_path(path, line, fields)) is not None:
+                out.problems.append(Problem("ambiguous_line", f"{where}: {amb}"))
+                continue
         key = key.strip()
         ids: list[int] = []
         bad = False
@@ -120,7 +145,32 @@ def _read_list(path: Path, lines: list[str], vocab: Vocabulary, out: LabelFile) 
             continue
         if not ids:
             out.notes.append(Problem("no_labels", f"{where}: {key!r} has no labels"))
-        out.items.append(LabeledItem(key, tuple(dict.fromkeys(ids)), where))
+        out.items.append(LabeledItem(key, tuple(dict.fromkeys(ids)), where, spaced))
+
+
+_FIX = "put a tab between the path and the labels, or use the CSV form (header `id,labels`, class names)"
+
+
+def _ambiguous_path(path: Path, line: str, fields: list[str]) -> str | None:
+    """Explain a space-separated line whose path seems to contain spaces (`my clip.mp4 3`), else None.
+
+    It is ambiguous when the tokens after the first are non-integers followed only by integers, and the last
+    non-integer looks like part of a path (separator or extension) or the joined text is an existing file.
+    """
+    bad = [i for i, f in enumerate(fields) if not _INT.fullmatch(f)]
+    if not bad or bad != list(range(bad[-1] + 1)):
+        return None
+    spans = [m.span() for m in re.finditer(r"\S+", line)]
+    prefix = line[: spans[bad[-1] + 1][1]]
+    exists = any(os.path.isfile(os.path.join(b, prefix)) for b in (str(path.parent), "."))
+    if not (exists or _FILEISH.search(fields[bad[-1]])):
+        return None
+    return (
+        f"ambiguous line {line!r}: the path seems to contain spaces ({prefix!r}"
+        + (", an existing file" if exists else "")
+        + f"), but this list format splits on whitespace, so the path would be {line.split()[0]!r} and "
+        f"{fields[0]!r} a label; {_FIX}"
+    )
 
 
 def _read_csv(path: Path, text: str, vocab: Vocabulary, out: LabelFile) -> None:
@@ -130,12 +180,13 @@ def _read_csv(path: Path, text: str, vocab: Vocabulary, out: LabelFile) -> None:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     cols = [h.strip().lower() for h in (header or [])]
-    if "id" not in cols or "labels" not in cols:
+    key_col = next((k for k in _KEY_COLUMNS if k in cols), None)
+    if key_col is None or "labels" not in cols:
         out.problems.append(
-            Problem("bad_header", f"{path}:1: CSV header must have columns 'id' and 'labels', got {header}")
+            Problem("bad_header", f"{path}:1: CSV header must have columns 'id' (or 'path') and 'labels', got {header}")
         )
         return
-    ci, cl = cols.index("id"), cols.index("labels")
+    ci, cl = cols.index(key_col), cols.index("labels")
     for i, row in enumerate(reader, 2):
         where = f"{path}:{i}"
         if not row or not any(c.strip() for c in row):
@@ -174,35 +225,156 @@ def _summarise(problems: Sequence[Problem], limit: int = 10) -> str:
 
 @dataclass
 class ResolvedLabels:
-    """Label items mapped onto store video ids."""
+    """Label items mapped onto store video ids (`matched_by`: how many keys matched each way)."""
 
     video_ids: list[str]
     labels: list[tuple[int, ...]]
     problems: list[Problem]
     notes: list[Problem]
+    matched_by: Counter[str] = field(default_factory=Counter)
 
 
 class Resolver(Protocol):
     def resolve(self, id_or_source: str) -> str | None: ...
 
 
-def resolve_labels(label_file: LabelFile, store: Resolver) -> ResolvedLabels:
-    """Map each key to a store video id; unknown keys and duplicate videos are problems."""
+# Problem codes of label keys that match no stored video (`check-dataset` counts them as mismatches).
+MISMATCH_CODES = ("unknown_id", "missing_file", "not_extracted", "ambiguous_line")
+_HEX = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")
+_ID_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class Match:
+    """How a label key matched (`how`: id, source, label_dir, cwd, realpath, content), or why it did not."""
+
+    video_id: str | None
+    how: str = ""
+    code: str = ""  # a MISMATCH_CODES entry when video_id is None
+    reason: str = ""
+
+
+def _candidates(key: str, base_dirs: Sequence[str]) -> list[tuple[str, str]]:
+    """(how, absolute normalised path) for a path key: as is if absolute, else under each base directory."""
+    k = os.path.expanduser(key)
+    if os.path.isabs(k):
+        return [("source", os.path.normpath(k))]
+    out: list[tuple[str, str]] = []
+    cwd = os.getcwd()
+    for i, base in enumerate(base_dirs):
+        how = "label_dir" if i == 0 and base != cwd else "cwd" if base == cwd else "base_dir"
+        p = os.path.normpath(os.path.join(base, k))
+        if all(p != q for _, q in out):
+            out.append((how, p))
+    return out
+
+
+def match_key(
+    key: str,
+    store: Resolver,
+    base_dirs: Sequence[str | Path] = (),
+    hash_files: bool = True,
+    _hashes: dict[str, str] | None = None,
+) -> Match:
+    """Find the stored video a label key names (order in the module docstring); never raises.
+
+    base_dirs: where relative paths are tried, in order (label file's directory, then the current directory).
+    hash_files: match an existing file by its content when no path matches (costs one read of the file).
+    """
+    vid = store.resolve(key)
+    if vid is not None:
+        return Match(vid, "id" if vid == key else "source")
+    if _HEX.fullmatch(key) and (vid := store.resolve(key[:_ID_LENGTH])) is not None:
+        return Match(vid, "id")
+    if "://" in key:
+        return Match(None, code="unknown_id", reason="URL not recorded as a source in the feature store")
+    bases = [os.path.abspath(b) for b in base_dirs]
+    cands = _candidates(key, bases)
+    for how, p in cands:
+        if (vid := store.resolve(p)) is not None:
+            return Match(vid, how)
+    real = getattr(store, "resolve_realpath", None)
+    if real is not None:
+        for _, p in cands:
+            if (vid := real(p)) is not None:
+                return Match(vid, "realpath")
+    files = [p for _, p in cands if os.path.isfile(p)]
+    if files:
+        if not hash_files:
+            return Match(None, code="not_extracted", reason=f"file {files[0]} is not in the feature store")
+        try:
+            real_path = os.path.realpath(files[0])
+            cache = _hashes if _hashes is not None else {}
+            if real_path not in cache:
+                cache[real_path] = sha256_file(real_path)
+            digest = cache[real_path]
+        except OSError as e:
+            return Match(
+                None, code="not_extracted", reason=f"file {files[0]} cannot be read to match its content ({e})"
+            )
+        if (vid := store.resolve(digest[:_ID_LENGTH])) is not None:
+            return Match(vid, "content")
+        return Match(
+            None,
+            code="not_extracted",
+            reason=f"file {files[0]} exists but neither its path nor its content (id {digest[:_ID_LENGTH]}) is in "
+            "the feature store: not extracted yet (`videotag extract`), or another --features?",
+        )
+    if _HEX.fullmatch(key) or not _FILEISH.search(key):
+        return Match(None, code="unknown_id", reason="is not in the feature store (no such id or source)")
+    looked = ", ".join(p for _, p in cands)
+    return Match(None, code="missing_file", reason=f"no such file (looked for {looked}) and no such recorded source")
+
+
+def _ambiguous_prefix(item: LabeledItem, store: Resolver, base_dirs: Sequence[str | Path]) -> str | None:
+    """For an unmatched space-separated line: a longer prefix of it that names a stored video or a file."""
+    spans = [m.span() for m in re.finditer(r"\S+", item.line)]
+    for end in range(2, len(spans) + 1):
+        prefix = item.line[: spans[end - 1][1]]
+        m = match_key(prefix, store, base_dirs, hash_files=False)
+        if m.video_id is not None or m.code == "not_extracted":
+            return prefix
+    return None
+
+
+def resolve_labels(
+    label_file: LabelFile,
+    store: Resolver,
+    base_dirs: Sequence[str | Path] | None = None,
+    hash_files: bool = True,
+) -> ResolvedLabels:
+    """Map each key to a store video id (`match_key`); unmatched keys and duplicate videos are problems.
+
+    base_dirs default: the label file's directory, then the current directory.
+    """
+    if base_dirs is None:
+        base_dirs = [label_file.path.parent] if label_file.path is not None else []
+        base_dirs = [*base_dirs, Path.cwd()]
     out = ResolvedLabels([], [], list(label_file.problems), list(label_file.notes))
     seen: dict[str, str] = {}
+    hashes: dict[str, str] = {}
     for item in label_file.items:
-        vid = store.resolve(item.key)
-        if vid is None:
-            out.problems.append(
-                Problem("unknown_id", f"{item.where}: {item.key!r} is not in the feature store (no such id or source)")
-            )
+        m = match_key(item.key, store, base_dirs, hash_files, hashes)
+        if m.video_id is None:
+            code, reason = m.code, m.reason
+            if item.line and code in ("missing_file", "unknown_id"):
+                prefix = _ambiguous_prefix(item, store, base_dirs)
+                if prefix is not None:
+                    code = "ambiguous_line"
+                    reason = (
+                        f"matches no video, but {prefix!r} does: the path seems to contain spaces and this list "
+                        f"format splits on whitespace; {_FIX}"
+                    )
+            out.problems.append(Problem(code, f"{item.where}: {item.key!r} {reason}"))
             continue
+        vid = m.video_id
         if vid in seen:
             out.problems.append(
                 Problem("duplicate_id", f"{item.where}: video {vid!r} is listed twice (first at {seen[vid]})")
             )
             continue
         seen[vid] = item.where
+        out.matched_by[m.how] += 1
         out.video_ids.append(vid)
         out.labels.append(item.labels)
     return out
@@ -213,7 +385,7 @@ def load_labelled(
 ) -> ResolvedLabels:
     """read_labels + resolve_labels, raising one DatasetError listing every problem (run check-dataset)."""
     res = resolve_labels(read_labels(label_path, vocab), store)
-    unknown = [p for p in res.problems if p.code == "unknown_id"]
+    unknown = [p for p in res.problems if p.code in MISMATCH_CODES]
     if not res.video_ids and unknown and len(unknown) == len(res.problems):
         raise DatasetError(
             f"{what} {label_path}: none of its {len(unknown)} videos is in the feature store "

@@ -26,7 +26,7 @@ from videotag.errors import VideoError, VideotagError
 from videotag.hashing import sha256_file
 from videotag.schema import VideoResult, rank
 from videotag.settings import Settings
-from videotag.store import FeatureRecord, FeatureStore, ShardWriter, write_shard
+from videotag.store import FeatureRecord, FeatureStore, ShardWriter, absolute_source, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def to_record(ex: Extraction, extractor: FrameExtractor, video_id: str, content_
         video_id=video_id,
         features=ex.features.astype("float16"),  # the store's precision: `tag` and `predict` agree exactly
         source=ex.source,
+        source_abs=absolute_source(ex.source),
         content_sha256=content_sha256,
         duration=float(info.duration),
         fps=float(info.fps),

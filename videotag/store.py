@@ -6,14 +6,19 @@ Format (format_version 1), one or many videos per file ("shard"):
     /videos/<key>             float16 dataset [T, D], key = percent-quoted video_id, attrs:
         video_id, source, content_sha256, duration (s), fps, decoded_frames,
         sample_indices [T] int64, sample_timestamps [T] float64 (s), sampling,
-        backbone, backbone_sha256, created, plus free-form `meta_*` attrs (width, height, rotation, codec...)
+        backbone, backbone_sha256, created, source_abs (since 2026-11; absent in older shards),
+        plus free-form `meta_*` attrs (width, height, rotation, codec...)
     /index/video_id, /index/source, /index/key    vlen UTF-8 string datasets, one row per video
+    /index/source_abs         the same for the absolute, normalised source path at extraction ("" for URLs);
+                              optional: shards written before it have no such dataset and still read
 
 Each shard has exactly one writer (`ShardWriter`) and is published atomically: it is written under a hidden
 temporary name in the same directory, flushed, fsynced and then linked to its final name (no-clobber) or
 renamed over it, so a reader never sees a half-written record and a crash leaves only a `.tmp` to delete.
 Published shards are immutable. `FeatureStore` reads many shards; looking up by id or by source path reads
-only the small `/index` datasets of each shard once.
+only the small `/index` datasets of each shard once. `SourceIndex` matches a path to a recorded source as
+given, normalised (`./`, `..`, duplicate slashes), as the absolute path recorded at extraction and, on demand,
+through symlinks (realpath).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class FeatureRecord:
     backbone_sha256: str = ""
     created: str = field(default_factory=now_iso)
     meta: dict[str, Any] = field(default_factory=dict)
+    source_abs: str = ""  # absolute normalised path at extraction ("" for URLs or unknown): see absolute_source
 
     @property
     def num_frames(self) -> int:
@@ -64,6 +70,69 @@ class FeatureRecord:
     @property
     def feature_dim(self) -> int:
         return int(self.features.shape[1])
+
+
+def absolute_source(source: str) -> str:
+    """The absolute, normalised form of a local source path (relative to the cwd now); "" for URLs/empty."""
+    if not source or "://" in source:
+        return ""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(source)))
+
+
+class SourceIndex:
+    """Video ids by source path: exact as recorded, normalised, absolute (recorded or assumed), realpath.
+
+    `lookup(path)` tries the exact string, then its normalised form against normalised recorded sources and
+    absolute paths recorded at extraction (`source_abs`), then (old shards without `source_abs`) relative
+    sources taken relative to the current directory. `lookup_realpath(path)` compares symlink-free paths; its
+    index is built on first use (one realpath per video). The first video recorded for a path wins.
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[str, str] = {}
+        self._norm: dict[str, str] = {}
+        self._guess: dict[str, str] = {}
+        self._abs: list[tuple[str, str]] = []  # (absolute path, video id) for the realpath index
+        self._real: dict[str, str] | None = None
+
+    def add(self, video_id: str, source: str, source_abs: str = "") -> None:
+        if not source and not source_abs:
+            return
+        self._exact.setdefault(source, video_id)
+        if "://" in source:
+            return
+        norm = os.path.normpath(source) if source else ""
+        if norm:
+            self._norm.setdefault(norm, video_id)
+        if source_abs:
+            self._norm.setdefault(os.path.normpath(source_abs), video_id)
+            self._abs.append((source_abs, video_id))
+        elif norm and os.path.isabs(norm):
+            self._abs.append((norm, video_id))
+        elif norm:  # old shard, relative source: assume it was extracted from the current directory
+            guess = os.path.abspath(norm)
+            self._guess.setdefault(guess, video_id)
+            self._abs.append((guess, video_id))
+        self._real = None
+
+    def lookup(self, path: str) -> str | None:
+        """Exact, then normalised, then assumed-absolute match of `path`; None when nothing matches."""
+        if path in self._exact:
+            return self._exact[path]
+        if not path or "://" in path:
+            return None
+        norm = os.path.normpath(path)
+        return self._norm.get(norm) or (self._guess.get(norm) if os.path.isabs(norm) else None)
+
+    def lookup_realpath(self, path: str) -> str | None:
+        """Match `path` through symlinks: realpath(path) against the realpaths of every recorded source."""
+        if not path or "://" in path:
+            return None
+        if self._real is None:
+            self._real = {}
+            for p, vid in self._abs:
+                self._real.setdefault(os.path.realpath(p), vid)
+        return self._real.get(os.path.realpath(path))
 
 
 def _key(video_id: str) -> str:
@@ -103,7 +172,7 @@ class ShardWriter:
         self._f.attrs["format_version"] = FORMAT_VERSION
         self._f.attrs["created"] = now_iso()
         self._videos = self._f.create_group("videos")
-        self._index: list[tuple[str, str, str]] = []
+        self._index: list[tuple[str, str, str, str]] = []
         self.published = False
 
     def add(self, rec: FeatureRecord) -> None:
@@ -130,9 +199,10 @@ class ShardWriter:
         a["backbone"] = rec.backbone
         a["backbone_sha256"] = rec.backbone_sha256
         a["created"] = rec.created
+        a["source_abs"] = rec.source_abs
         for k, v in rec.meta.items():
             a[f"meta_{k}"] = v if v is not None else ""
-        self._index.append((rec.video_id, rec.source, key))
+        self._index.append((rec.video_id, rec.source, key, rec.source_abs))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -142,7 +212,7 @@ class ShardWriter:
         if self._f is None:
             return self.path
         idx = self._f.create_group("index")
-        for col, name in enumerate(("video_id", "source", "key")):
+        for col, name in enumerate(("video_id", "source", "key", "source_abs")):
             idx.create_dataset(name, data=np.array([r[col] for r in self._index], dtype=object), dtype=_STR)
         self._f.flush()
         self._f.close()
@@ -213,6 +283,7 @@ class FeatureStore:
         self.shards = _shard_paths(paths)
         self._by_id: dict[str, tuple[Path, str]] = {}
         self._by_source: dict[str, str] = {}
+        self._sources = SourceIndex()
         self._open: OrderedDict[Path, h5py.File] = OrderedDict()
         self._max_open = max_open
         for shard in self.shards:
@@ -224,12 +295,14 @@ class FeatureStore:
             ids = f["index/video_id"].asstr()[()]
             sources = f["index/source"].asstr()[()]
             keys = f["index/key"].asstr()[()]
-            for vid, src, key in zip(ids, sources, keys, strict=True):
+            absolute = f["index/source_abs"].asstr()[()] if "source_abs" in f["index"] else [""] * len(ids)
+            for vid, src, key, src_abs in zip(ids, sources, keys, absolute, strict=True):
                 if vid in self._by_id:
                     other = self._by_id[vid][0]
                     raise StoreError(f"video id {vid!r} appears in both {other} and {shard}")
                 self._by_id[vid] = (shard, key)
                 self._by_source.setdefault(src, vid)
+                self._sources.add(vid, src, src_abs)
 
     def _file(self, shard: Path) -> h5py.File:
         f = self._open.get(shard)
@@ -252,10 +325,18 @@ class FeatureStore:
         return video_id in self._by_id
 
     def resolve(self, id_or_source: str) -> str | None:
-        """Map an id or a source path (as recorded) to a video id."""
+        """Map an id or a source path to a video id: as recorded, else normalised/absolute (`SourceIndex.lookup`).
+
+        Relative paths are not re-based here: `predictor.data.match_key` tries the label file's directory and
+        the current directory, symlinks and file content.
+        """
         if id_or_source in self._by_id:
             return id_or_source
-        return self._by_source.get(id_or_source)
+        return self._by_source.get(id_or_source) or self._sources.lookup(id_or_source)
+
+    def resolve_realpath(self, path: str) -> str | None:
+        """Map a path to a video id through symlinks (realpath on both sides)."""
+        return self._sources.lookup_realpath(path)
 
     def location(self, video_id: str) -> dict[str, str]:
         shard, _ = self._by_id[video_id]
@@ -290,6 +371,7 @@ class FeatureStore:
             backbone_sha256=str(a["backbone_sha256"]),
             created=str(a["created"]),
             meta={k[5:]: (v.item() if hasattr(v, "item") else v) for k, v in a.items() if k.startswith("meta_")},
+            source_abs=str(a.get("source_abs", "")),
         )
 
     def features(self, video_id: str) -> np.ndarray:

@@ -90,6 +90,11 @@ def test_every_problem_is_reported_without_a_traceback(tmp_path: Path) -> None:
     messages = "\n".join(e["message"] for e in rep["errors"])
     assert f"{labels}:3: label id 9 of 'v4' is out of range" in messages
     assert f"{labels}:5: 'nosuch' is not in the feature store" in messages
+    assert rep["mismatches"]["unknown_id"] == {
+        "count": 1,
+        "examples": [f"{labels}:5: 'nosuch' is not in the feature store (no such id or source)"],
+    }
+    assert rep["mismatches"]["unlabelled_videos"]["count"] == 5 and "mismatch unknown_id: 1" in out
     assert "'v1'" in messages and "NaN in 1 of 5 frames" in messages
     assert "c.h5: cannot read feature shard" in messages
     warn_codes = {w["code"] for w in rep["warnings"]}

@@ -12,6 +12,7 @@ _COMMAND_MODULES = [
     "videotag.cli.stage2",  # train, evaluate, export, check-dataset, ensemble
     "videotag.cli.service",  # serve, worker, submit, status
     "videotag.cli.import_videotag",  # import-videotag
+    "videotag.cli.dataset",  # dataset
 ]
 
 

@@ -223,7 +223,7 @@ def check_dataset_cmd(
     show: int = typer.Option(20, help="Print at most this many errors and warnings."),
 ) -> None:
     """Validate a feature store + label file before training; exit code 1 when it finds errors."""
-    from predictor.check_dataset import check_dataset
+    from predictor.check_dataset import MISMATCH_KINDS, check_dataset
 
     rep = check_dataset(features, labels, vocab, out, progress=sys.stderr.isatty())
     s = rep["summary"]
@@ -231,6 +231,13 @@ def check_dataset_cmd(
         f"{s.get('videos_in_store', 0)} videos in the store, {s.get('labelled_videos', 0)} labelled, "
         f"{s.get('num_classes', '?')} classes ({s.get('classes_without_examples', '?')} without examples)"
     )
+    if s.get("matched_by"):
+        typer.echo("matched by: " + ", ".join(f"{how} {n}" for how, n in sorted(s["matched_by"].items())))
+    for kind, m in rep.get("mismatches", {}).items():
+        if m["count"]:
+            _out.print(f"[yellow]mismatch[/] {kind}: {m['count']} ({MISMATCH_KINDS.get(kind, '')})", soft_wrap=True)
+            for ex in m["examples"]:
+                _out.print(f"    {escape(ex)}", soft_wrap=True)
     for kind, items, style in (("error", rep["errors"], "red"), ("warning", rep["warnings"], "yellow")):
         for p in items[:show]:
             _out.print(f"[{style}]{kind}[/] {escape('[' + p['code'] + ']')} {escape(p['message'])}", soft_wrap=True)
