@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from api.deps import AppState
 from api.metrics import HttpMetrics, RedisCollector
-from api.routes import batches, health, jobs, web
+from api.routes import batches, health, jobs, models, web
 from api.security import Refused
 from videotag.jobs import JobStore
 from videotag.settings import get_settings
@@ -67,7 +67,7 @@ def create_app() -> FastAPI:
         msgs = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(msgs) or "invalid request"}, status_code=422)
 
-    for r in (jobs.router, batches.router, health.router, web.router):
+    for r in (jobs.router, batches.router, models.router, health.router, web.router):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
     app.add_middleware(HttpMetrics, registry=registry)

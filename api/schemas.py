@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from videotag.jobs import Job
 from videotag.schema import VideoResult
 
+LANG_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$"
 JobStatus = Literal["queued", "extracting", "extracted", "predicting", "done", "failed"]
 
 
@@ -30,6 +31,7 @@ class JobOut(_Strict):
     source: str
     filename: str | None = None
     model: str | None = None
+    lang: str | None = Field(None, description="Language of class names asked for (unset: the model's default).")
     batch_id: str | None = None
     index: int | None = None
     created: float = Field(description="Unix time the job was created.")
@@ -53,6 +55,7 @@ class JobOut(_Strict):
             source=job.source,
             filename=job.filename,
             model=job.model,
+            lang=job.lang,
             batch_id=job.batch_id,
             index=job.index,
             created=job.created,
@@ -79,6 +82,7 @@ class BatchOut(_Strict):
     model: str | None = None
     topk: int | None = None
     threshold: float | None = None
+    lang: str | None = None
     results_dir: str | None = Field(None, description="Where results.jsonl + per-video JSON were written.")
 
 
@@ -132,6 +136,9 @@ class InputJSON(BaseModel):
     model: str | None = None
     topk: int | None = Field(None, ge=1, le=1000)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    lang: str | None = Field(
+        None, pattern=LANG_PATTERN, description="Language of class names, e.g. en or zh (unset: the model's default)."
+    )
 
 
 class BatchJSON(BaseModel):
@@ -142,9 +149,42 @@ class BatchJSON(BaseModel):
     model: str | None = None
     topk: int | None = Field(None, ge=1, le=1000)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    lang: str | None = Field(
+        None, pattern=LANG_PATTERN, description="Language of class names, e.g. en or zh (unset: the model's default)."
+    )
 
 
 class RepredictJSON(BaseModel):
     model: str
     topk: int | None = Field(None, ge=1, le=1000)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    lang: str | None = Field(
+        None, pattern=LANG_PATTERN, description="Language of class names, e.g. en or zh (unset: the model's default)."
+    )
+
+
+class ModelInfo(BaseModel):
+    """An installed model (from its manifest; more fields may be added)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    kind: str
+    architecture: str | None = None
+    classes: int | None = None
+    languages: list[str] = Field(default_factory=list)
+    default_language: str | None = None
+    size_bytes: int = 0
+
+
+class AvailableModel(_Strict):
+    name: str
+    installs: str
+    needs: str
+    description: str
+    installed: bool
+
+
+class ModelsOut(_Strict):
+    default: str = Field(description="The model used when a request names none.")
+    installed: list[ModelInfo]
+    available: list[AvailableModel] = Field(description="What `videotag setup NAME` can install.")

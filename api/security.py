@@ -99,3 +99,15 @@ def check_model_name(name: str | None, weights_dir: Path) -> str | None:
         have = sorted(p.name for p in Path(weights_dir).glob("*") if (p / "manifest.json").is_file())
         raise Refused(404, f"model {name!r} not found (available: {', '.join(have) or 'none'})")
     return name
+
+
+def check_model_lang(model: str, lang: str | None, weights_dir: Path) -> str | None:
+    """422 when `lang` is given and the model has no class names in it (cheap: reads the manifest only)."""
+    if not lang:
+        return None
+    from videotag.catalog import model_languages
+
+    have = model_languages(Path(weights_dir) / model)
+    if lang not in have:
+        raise Refused(422, f"lang: model {model!r} has no {lang!r} class names (it has: {', '.join(have) or 'none'})")
+    return lang

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.preprocess import Preprocess
+from extractor.sampling import DEFAULT_POLICY
 from videotag.manifest import WEIGHTS_NAME, read_manifest, staged_dir, write_manifest
 from videotag.runtime import get_session
 
@@ -52,7 +53,7 @@ def export_backbone(
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     source: dict[str, Any],
-    sampling: str = "segment",
+    sampling: str = DEFAULT_POLICY,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Export `features_module` (normalised NCHW float -> [B, D]) as a uint8-input backbone model dir.

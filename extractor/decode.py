@@ -35,7 +35,7 @@ import numpy as np
 from av.stream import Disposition
 from av.video.reformatter import VideoReformatter
 
-from extractor.sampling import POLICIES, segment_indices, timestamp_indices
+from extractor.sampling import COUNT_POLICIES, POLICIES, count_indices, timestamp_indices
 from videotag.errors import VideoError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class VideoInfo:
 class SamplePlan:
     indices: np.ndarray  # [n] int64 decoded-frame index for each slot (cyclic repeats allowed)
     timestamps: np.ndarray  # [n] float64 seconds (pts of those frames, relative to the first frame)
-    policy: str  # "segment" | "timestamp"
+    policy: str  # "uniform" | "segment" | "timestamp" (extractor.sampling.POLICIES)
 
 
 # ---------------------------------------------------------------------------------------------------- opening
@@ -316,7 +316,8 @@ class SampledDecoder:
     same swscale call that converts the colour (AREA when shrinking, BILINEAR when enlarging), so the transform
     only crops. Frame indices count decoded frames in presentation order, from 0.
 
-    policy "segment": VideoTag's rule on the decoded frame count; "timestamp": uniform in time (VFR-safe).
+    policy "uniform": centres of n equal spans of the decoded frames (the whole video); "segment": VideoTag's rule
+    on the decoded frame count (bit-exact, for its imported model); "timestamp": uniform in time (VFR-safe).
     Usually one decoding pass; a second pass (a warning says why) when the frame-count estimate was wrong. Only
     then may the first pass also have yielded a few frames of the estimated plan that the final plan does not
     use: consumers key what they receive by frame index and build the slots from `plan.indices`.
@@ -389,7 +390,7 @@ class SampledDecoder:
     def _estimate(self) -> tuple[int, np.ndarray | None, float, str]:
         """(frame count, sorted frame times [N] s or None, duration s, where from) before decoding."""
         info = self.info
-        if self.policy == "segment" and info.header_frames > 0:
+        if self.policy in COUNT_POLICIES and info.header_frames > 0:
             return info.header_frames, None, info.duration, "container header"
         # Demux only (no decoding): packet count and presentation times. A few ms for a 10 s clip.
         container, stream = _open(self.path)
@@ -413,7 +414,7 @@ class SampledDecoder:
         count = len(times) + missing_pts
         if count == 0:
             return max(info.header_frames, 1), None, info.duration, "container header (no packets demuxed)"
-        if self.policy == "segment":
+        if self.policy in COUNT_POLICIES:
             return count, None, info.duration, "demuxed packet count"
         if missing_pts:  # no timestamps to go by: assume the header's constant rate
             fps = info.fps or 25.0
@@ -427,8 +428,10 @@ class SampledDecoder:
         return count, t, float(t[-1] + last - t[0]), "demuxed packet timestamps"
 
     def _plan_indices(self, count: int, times: np.ndarray | None, duration: float) -> np.ndarray:
-        if self.policy == "segment" or times is None:
-            return segment_indices(count, self.num_frames)
+        if self.policy in COUNT_POLICIES:
+            return count_indices(self.policy, count, self.num_frames)
+        if times is None:  # no timestamps to go by: uniform over the frame count
+            return count_indices("uniform", count, self.num_frames)
         return timestamp_indices(times, duration, self.num_frames)
 
     def _finish(self, reader: _FrameReader, pts: np.ndarray, last_duration: float) -> tuple[np.ndarray, float]:

@@ -1,6 +1,9 @@
 """Uniform frame sampling rules: pure functions of frame counts / timestamps (no decoding here).
 
-- `segment_indices`: VideoTag's index rule (uniform in frame index; short videos repeat cyclically).
+- `uniform_indices`: the default for our own models: the centre of each of n equal spans of the decoded frames, so
+  the samples cover the whole video (first and last n-th included); short videos repeat cyclically.
+- `segment_indices`: VideoTag's index rule (kept bit-exact for its imported model): spans of `N // n` frames, so
+  it never looks past frame `n * (N // n)` (a 599-frame video sampled at 300 is seen up to frame 299).
 - `timestamp_targets` + `frames_at_times`: uniform in *time*, for variable-frame-rate video: the centre of each of
   n equal time segments, mapped to the frame on screen at that instant.
 """
@@ -9,7 +12,38 @@ from __future__ import annotations
 
 import numpy as np
 
-POLICIES = ("segment", "timestamp")
+POLICIES = ("uniform", "segment", "timestamp")
+COUNT_POLICIES = ("uniform", "segment")  # rules that need only the decoded frame count
+DEFAULT_POLICY = "uniform"
+
+
+def _check_counts(num_frames: int, n: int) -> None:
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+
+
+def uniform_indices(num_frames: int, n: int) -> np.ndarray:
+    """[n] int64 frame indices: slot i takes frame floor((i + 0.5) * N / n), the centre of the i-th of n equal spans.
+
+    Covers the whole video for any N >= n (slot 0 lies in the first n-th, slot n-1 in the last); for N < n slot i
+    takes frame i % N (short videos repeat cyclically, as VideoTag's rule does).
+    """
+    _check_counts(num_frames, n)
+    i = np.arange(n, dtype=np.int64)
+    if num_frames < n:
+        return i % num_frames
+    return ((2 * i + 1) * num_frames) // (2 * n)
+
+
+def count_indices(policy: str, num_frames: int, n: int) -> np.ndarray:
+    """[n] int64 indices of a count-based rule ("uniform" or "segment")."""
+    if policy == "uniform":
+        return uniform_indices(num_frames, n)
+    if policy == "segment":
+        return segment_indices(num_frames, n)
+    raise ValueError(f"{policy!r} is not a frame-count sampling rule; choose from {COUNT_POLICIES}")
 
 
 def segment_indices(num_frames: int, n: int) -> np.ndarray:
@@ -18,10 +52,7 @@ def segment_indices(num_frames: int, n: int) -> np.ndarray:
     avg = N // n; if avg >= 1 slot i takes frame (avg - 1) // 2 + i * avg (centre-ish of each run of avg frames,
     tail frames beyond n * avg are never used); otherwise (N < n) slot i takes frame i % N.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    _check_counts(num_frames, n)
     i = np.arange(n, dtype=np.int64)
     avg = num_frames // n
     if avg >= 1:

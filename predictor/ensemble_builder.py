@@ -19,7 +19,15 @@ from predictor.checkpoint import export_checkpoint
 from predictor.export import OPSET, PARITY_TOL, parity_batch
 from predictor.models.ensemble import compose_onnx, normalise_weights
 from videotag.errors import ModelMismatchError
-from videotag.manifest import LABELS_NAME, MANIFEST_NAME, WEIGHTS_NAME, read_manifest, staged_dir, write_manifest
+from videotag.manifest import (
+    LABELS_NAME,
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    add_vocabularies,
+    read_manifest,
+    staged_dir,
+    write_manifest,
+)
 from videotag.vocab import Vocabulary
 
 
@@ -51,6 +59,11 @@ def _check_compatible(manifests: list[dict[str, Any]], dirs: list[Path]) -> None
             raise ModelMismatchError(
                 f"ensemble members predict different vocabularies: {ref_dir} "
                 f"({ref['vocabulary']['num_classes']} classes) vs {d} ({m['vocabulary']['num_classes']} classes)"
+            )
+        if m.get("sampling") != ref.get("sampling"):
+            raise ModelMismatchError(
+                f"ensemble members were trained on features sampled differently: {ref_dir} {ref.get('sampling')!r}, "
+                f"{d} {m.get('sampling')!r}"
             )
 
 
@@ -124,9 +137,24 @@ def build_ensemble(members: Sequence[str | Path], out_dir: str | Path, weights: 
                     for src, m, w in zip(members, manifests, norm, strict=True)
                 ],
                 "metrics": {},
+                **({"sampling": ref["sampling"]} if ref.get("sampling") else {}),
             }
             write_manifest(stage, manifest)
+            _copy_languages(dirs[0], ref, stage)
     return out
+
+
+def _copy_languages(member_dir: Path, member: dict[str, Any], stage: Path) -> None:
+    """The ensemble names its classes in the same languages as its (same-vocabulary) members."""
+    primary = member["vocabulary"].get("language")
+    if not primary:
+        return
+    translations = {
+        lang: Vocabulary.load(member_dir / e["file"])
+        for lang, e in (member.get("languages") or {}).items()
+        if e["file"] != member["vocabulary"]["file"]
+    }
+    add_vocabularies(stage, primary, translations, member.get("default_language") or primary)
 
 
 def set_metrics(model_dir: str | Path, metrics: dict[str, Any]) -> None:

@@ -27,7 +27,45 @@ class OnnxPredictor:
                 f"({len(self.vocab)} names, sha256 {self.vocab.sha256[:12]}…; manifest: {self.num_classes} classes, "
                 f"sha256 {self.manifest['vocabulary']['sha256'][:12]}…)"
             )
+        self._names = self._load_languages()
         self.session = get_session(self.dir / self.manifest["weights"], providers, intra_op_threads)
+
+    def _load_languages(self) -> dict[str, tuple[str, ...]]:
+        """{lang: names} for every vocabulary the manifest records (same ids; checked by count and sha256)."""
+        out: dict[str, tuple[str, ...]] = {}
+        for lang, entry in (self.manifest.get("languages") or {}).items():
+            vocab = self.vocab if entry["file"] == self.manifest["vocabulary"]["file"] else None
+            if vocab is None:
+                try:
+                    vocab = Vocabulary.load(self.dir / entry["file"])
+                except (OSError, ValueError) as e:
+                    raise ModelMismatchError(f"{self.dir}: {lang} labels {entry['file']!r} unreadable ({e})") from e
+            if len(vocab) != self.num_classes or vocab.sha256 != entry["sha256"]:
+                raise ModelMismatchError(
+                    f"{self.dir}: {lang} labels {entry['file']!r} do not match the manifest "
+                    f"({len(vocab)} names, sha256 {vocab.sha256[:12]}…); re-install the model"
+                )
+            out[lang] = vocab.names
+        return out
+
+    @property
+    def languages(self) -> list[str]:
+        """Languages this model can name its classes in (empty: one vocabulary of unrecorded language)."""
+        return list(self._names)
+
+    @property
+    def default_language(self) -> str | None:
+        return self.manifest.get("default_language") or next(iter(self._names), None)
+
+    def names(self, lang: str | None = None) -> tuple[str, ...]:
+        """Class names in `lang` (None: the model's default); ids never change with the language."""
+        lang = lang or self.default_language
+        if lang is None:  # no language recorded: the model's one vocabulary
+            return self.vocab.names
+        if lang not in self._names:
+            have = ", ".join(self._names) or "one vocabulary with no recorded language (leave the language unset)"
+            raise ModelMismatchError(f"model {self.name} has no {lang!r} class names (it has: {have})")
+        return self._names[lang]
 
     @property
     def name(self) -> str:
@@ -45,9 +83,22 @@ class OnnxPredictor:
     def backbone(self) -> dict[str, Any]:
         return self.manifest.get("backbone") or {}
 
-    def check_features(self, backbone: str, backbone_sha256: str, feature_dim: int, where: str = "") -> None:
-        """Refuse features made by another backbone or with another dimension, clearly."""
+    @property
+    def sampling(self) -> str | None:
+        """The frame-sampling rule of the features this model was trained on (None: any)."""
+        return self.manifest.get("sampling")
+
+    def check_features(
+        self, backbone: str, backbone_sha256: str, feature_dim: int, where: str = "", sampling: str | None = None
+    ) -> None:
+        """Refuse features made by another backbone, with another dimension or sampling rule, clearly."""
         where = f" ({where})" if where else ""
+        if sampling and self.sampling and sampling != self.sampling:
+            raise ModelMismatchError(
+                f"model {self.name} was trained on features sampled with the {self.sampling!r} rule but these were "
+                f"sampled with {sampling!r}{where}; extract them again with --sampling {self.sampling} "
+                "(or leave --sampling unset: the model's rule is the default)"
+            )
         if feature_dim != self.feature_dim:
             raise ModelMismatchError(
                 f"model {self.name} expects {self.feature_dim}-d features but the store holds {feature_dim}-d "

@@ -14,10 +14,11 @@ import torch
 from extractor.backbone import export_backbone
 from extractor.backbones import efficientnet_lite0 as effnet
 from extractor.preprocess import Preprocess
+from extractor.sampling import DEFAULT_POLICY
 from predictor.export import export_predictor
 from predictor.models import create_model
 from videotag.errors import ManifestError
-from videotag.manifest import backbone_id, read_manifest
+from videotag.manifest import add_vocabularies, backbone_id, read_manifest
 from videotag.settings import REPO_ROOT
 from videotag.vocab import Vocabulary
 
@@ -27,21 +28,25 @@ PREDICTOR = "imagenet_framepool"
 IMAGENET_LABELS = REPO_ROOT / "labels" / "imagenet1k.txt"
 
 
-def _valid(model_dir: Path, kind: str) -> bool:
+def _valid(model_dir: Path, kind: str, **want) -> bool:
+    """A valid model dir whose manifest has the `want`ed values (older exports are redone)."""
     try:
-        read_manifest(model_dir, kind=kind)
-        return True
+        m = read_manifest(model_dir, kind=kind)
     except ManifestError as e:
         if model_dir.exists():
             log.warning("re-exporting %s: %s", model_dir, e)
         return False
+    stale = {k: m.get(k) for k, v in want.items() if m.get(k) != v}
+    if stale:
+        log.warning("re-exporting %s: made by an older version (%s)", model_dir, stale)
+    return not stale
 
 
 def export_defaults(weights_dir: Path, force: bool = False) -> tuple[Path, Path]:
     """Export the default backbone and predictor under `weights_dir` (skipped when already valid)."""
     bdir, pdir = weights_dir / BACKBONE, weights_dir / PREDICTOR
     net = None
-    if force or not _valid(bdir, "backbone"):
+    if force or not _valid(bdir, "backbone", sampling=DEFAULT_POLICY):
         net = effnet.load_pretrained()
         export_backbone(
             net,
@@ -52,10 +57,15 @@ def export_defaults(weights_dir: Path, force: bool = False) -> tuple[Path, Path]
             mean=effnet.MEAN,
             std=effnet.STD,
             source=effnet.source_info(),
+            sampling=DEFAULT_POLICY,
         )
         log.info("exported %s", bdir)
     bman = read_manifest(bdir, kind="backbone")
-    if force or not _valid(pdir, "predictor") or read_manifest(pdir)["backbone"]["sha256"] != bman["sha256"]:
+    if (
+        force
+        or not _valid(pdir, "predictor", default_language="en")
+        or read_manifest(pdir)["backbone"]["sha256"] != bman["sha256"]
+    ):
         net = net or effnet.load_pretrained()
         vocab = Vocabulary.load(IMAGENET_LABELS)
         model = create_model(
@@ -79,5 +89,6 @@ def export_defaults(weights_dir: Path, force: bool = False) -> tuple[Path, Path]
                 "threshold": None,
             },
         )
+        add_vocabularies(pdir, "en", {}, "en")
         log.info("exported %s", pdir)
     return bdir, pdir

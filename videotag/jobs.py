@@ -106,6 +106,7 @@ class Job:
     model: str | None = None
     topk: int | None = None
     threshold: float | None = None
+    lang: str | None = None
     video_id: str | None = None
     filename: str | None = None
     batch_id: str | None = None
@@ -141,6 +142,7 @@ class Job:
             model=h.get("model") or None,
             topk=int(h["topk"]) if h.get("topk") else None,
             threshold=float(h["threshold"]) if h.get("threshold") else None,
+            lang=h.get("lang") or None,
             video_id=h.get("video_id") or None,
             filename=h.get("filename") or None,
             batch_id=h.get("batch_id") or None,
@@ -183,6 +185,7 @@ def _job_fields(job: Job) -> dict[str, str]:
         "model": job.model or "",
         "topk": "" if job.topk is None else str(job.topk),
         "threshold": "" if job.threshold is None else repr(job.threshold),
+        "lang": job.lang or "",
         "video_id": job.video_id or "",
         "filename": job.filename or "",
         "batch_id": job.batch_id or "",
@@ -217,6 +220,7 @@ class JobStore:
         model: str | None = None,
         topk: int | None = None,
         threshold: float | None = None,
+        lang: str | None = None,
         video_id: str | None = None,
         filename: str | None = None,
         job_id: str | None = None,
@@ -230,6 +234,7 @@ class JobStore:
             model=model,
             topk=topk,
             threshold=threshold,
+            lang=lang,
             video_id=video_id,
             filename=filename,
             created=time.time(),
@@ -248,6 +253,7 @@ class JobStore:
         model: str | None = None,
         topk: int | None = None,
         threshold: float | None = None,
+        lang: str | None = None,
         kind: str = "batch",
         parent: str | None = None,
         locations: Sequence[dict[str, Any] | None] | None = None,
@@ -281,6 +287,7 @@ class JobStore:
                     "model": model or "",
                     "topk": "" if topk is None else str(topk),
                     "threshold": "" if threshold is None else repr(threshold),
+                    "lang": lang or "",
                     "results_dir": "",
                 },
             )
@@ -299,6 +306,7 @@ class JobStore:
                         model=model,
                         topk=topk,
                         threshold=threshold,
+                        lang=lang,
                         batch_id=batch_id,
                         index=i,
                         created=now,
@@ -348,6 +356,7 @@ class JobStore:
             "model": h.get("model") or None,
             "topk": int(h["topk"]) if h.get("topk") else None,
             "threshold": float(h["threshold"]) if h.get("threshold") else None,
+            "lang": h.get("lang") or None,
             "results_dir": h.get("results_dir") or None,
         }
 

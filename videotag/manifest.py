@@ -111,3 +111,30 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     publish_dir(stage, out)
+
+
+def add_vocabularies(
+    model_dir: str | Path, primary_language: str, translations: dict[str, Any], default_language: str
+) -> dict[str, Any]:
+    """Record the language of a predictor's own labels and add translated label files (same ids, same count).
+
+    translations: {lang: Vocabulary}; each is written as `labels_<lang>.txt` with its sha256 in the manifest's
+    `languages` map, so `OnnxPredictor.names(lang)` can verify it. Returns the updated manifest.
+    """
+    model_dir = Path(model_dir)
+    m = read_manifest(model_dir, kind="predictor")
+    n = int(m["vocabulary"]["num_classes"])
+    languages = {primary_language: {"file": m["vocabulary"]["file"], "sha256": m["vocabulary"]["sha256"]}}
+    for lang, vocab in translations.items():
+        if len(vocab) != n:
+            raise ManifestError(f"{lang} vocabulary has {len(vocab)} names; the model has {n} classes")
+        name = f"labels_{lang}.txt"
+        vocab.save(model_dir / name)
+        languages[lang] = {"file": name, "sha256": vocab.sha256}
+    if default_language not in languages:
+        raise ManifestError(f"default language {default_language!r} is not one of {', '.join(languages)}")
+    m["vocabulary"] = {**m["vocabulary"], "language": primary_language}
+    m["languages"] = languages
+    m["default_language"] = default_language
+    write_manifest(model_dir, m, m["weights"])
+    return m

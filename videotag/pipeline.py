@@ -24,6 +24,7 @@ from extractor.engine import Extraction, _Failed, extract_many
 from predictor.runtime import OnnxPredictor
 from videotag.errors import VideoError, VideotagError
 from videotag.hashing import sha256_file
+from videotag.manifest import read_manifest
 from videotag.schema import VideoResult, rank
 from videotag.settings import Settings
 from videotag.store import FeatureRecord, FeatureStore, ShardWriter, absolute_source, write_shard
@@ -157,6 +158,15 @@ def get_predictor(settings: Settings, model: str | None = None) -> OnnxPredictor
     return _load_predictor(str(pdir.resolve()), tuple(settings.providers), settings.intra_op_threads)
 
 
+def sampling_for(settings: Settings, model: str | None = None) -> str | None:
+    """The frame-sampling rule for `model`: as set, else the one its predictor was trained with, else None (the
+    backbone's own rule)."""
+    if settings.sampling:
+        return settings.sampling
+    pdir = settings.resolve_model_dir(model or settings.model)
+    return read_manifest(pdir, kind="predictor", verify=False).get("sampling")
+
+
 def auto_batch_size(extractor: FrameExtractor, requested: int = 0) -> int:
     """Frames per CNN batch: as requested, else 8 on CPU (no faster at 32, half the memory), 64 on a GPU."""
     if requested:
@@ -245,7 +255,7 @@ def extract_to_store(
             return {"path": str(shard), "video_id": vid, "source": source, "num_frames": n, "reused": True,
                     "timings": {"total_s": round(time.perf_counter() - t0, 4)}}  # fmt: skip
         batch = auto_batch_size(extractor, settings.batch_size)
-        (res,) = list(extract_many([local], extractor, settings.frames, settings.sampling, batch))
+        (res,) = list(extract_many([local], extractor, settings.frames, sampling_for(settings, model), batch))
         if isinstance(res, _Failed):
             raise _as_source_error(res.error, source)
         res.source = source
@@ -280,10 +290,15 @@ def predict_records(
     topk: int,
     threshold: float | None,
     model_name: str | None = None,
+    lang: str | None = None,
 ) -> list[VideoResult]:
-    """Rank classes for already-extracted records; refuses features from another backbone."""
+    """Rank classes for already-extracted records, named in `lang` (None: the model's default language).
+
+    Refuses features from another backbone or sampling rule, and a language the model lacks.
+    """
+    names = predictor.names(lang)
     for r in records:
-        predictor.check_features(r.backbone, r.backbone_sha256, r.feature_dim, where=r.source)
+        predictor.check_features(r.backbone, r.backbone_sha256, r.feature_dim, where=r.source, sampling=r.sampling)
     if not records:
         return []
     t = time.perf_counter()
@@ -294,7 +309,7 @@ def predict_records(
             video_id=r.video_id,
             source=r.source,
             ok=True,
-            tags=rank(p, predictor.vocab.names, topk, threshold),
+            tags=rank(p, names, topk, threshold),
             model=model_name or predictor.name,
             timings={"predict_s": round(per, 5)},
         )
@@ -308,13 +323,14 @@ def predict_from_store(
     model: str | None = None,
     topk: int | None = None,
     threshold: float | None = None,
+    lang: str | None = None,
 ) -> VideoResult:
     """Stage 2 only, from a store location {"path", "video_id"} written by stage 1."""
     predictor = get_predictor(settings, model)
     with FeatureStore(location["path"]) as store:
         rec = store.get(location["video_id"])
     th = threshold if threshold is not None else settings.threshold
-    (res,) = predict_records(predictor, [rec], topk or settings.topk, th)
+    (res,) = predict_records(predictor, [rec], topk or settings.topk, th, lang=lang or settings.lang)
     res.source = location.get("source", rec.source)
     res.features = {"path": location["path"], "video_id": rec.video_id}
     return res
@@ -336,6 +352,9 @@ def tag_sources(
     """
     models = load_models(settings, model) if predict else None
     extractor = models.extractor if models else get_extractor(settings, model)
+    if models:
+        models.predictor.names(settings.lang)  # a language the model lacks fails now, not once per video
+    policy = sampling_for(settings, model)
     writer = ShardWriter(features_out, on_exists="replace") if features_out and features_out.suffix == ".h5" else None
     tmpdir = Path(tempfile.mkdtemp(prefix="videotag-dl-"))
     written: set[str] = set()
@@ -352,7 +371,7 @@ def tag_sources(
                 local.append("")
         todo = [p for p in local if p]
         batch = auto_batch_size(extractor, settings.batch_size)
-        stream = extract_many(todo, extractor, settings.frames, settings.sampling, batch)
+        stream = extract_many(todo, extractor, settings.frames, policy, batch)
         for i, src in enumerate(sources):
             if i in early:
                 res = early[i]
@@ -400,7 +419,9 @@ def _finish_one(
         if models is None:
             res = VideoResult(video_id=vid, source=src, ok=True)
         else:
-            (res,) = predict_records(models.predictor, [rec], settings.topk, settings.threshold, models.model_name)
+            (res,) = predict_records(
+                models.predictor, [rec], settings.topk, settings.threshold, models.model_name, settings.lang
+            )
         res.features = location
         res.timings = {**item.timings, **res.timings}
         return res
@@ -413,6 +434,7 @@ def predict_store(
 ) -> Iterator[VideoResult]:
     """Stage 2 over feature stores (all videos, or the given ids/sources); one result per video."""
     predictor = get_predictor(settings, model)
+    predictor.names(settings.lang)  # a language the model lacks fails now, not once per video
     with FeatureStore(store_paths) as store:
         batch: list[FeatureRecord] = []
         for key in ids if ids is not None else store.ids():
@@ -423,9 +445,9 @@ def predict_store(
                 continue
             batch.append(store.get(vid))
             if len(batch) >= 64:
-                yield from predict_records(predictor, batch, settings.topk, settings.threshold)
+                yield from predict_records(predictor, batch, settings.topk, settings.threshold, lang=settings.lang)
                 batch = []
-        yield from predict_records(predictor, batch, settings.topk, settings.threshold)
+        yield from predict_records(predictor, batch, settings.topk, settings.threshold, lang=settings.lang)
 
 
 # --------------------------------------------------------------------------------------------- results

@@ -6,6 +6,7 @@ Every field can be set from the environment with the `VIDEOTAG_` prefix (e.g. `V
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -20,11 +21,18 @@ def _default_weights_dir() -> Path:
     return REPO_ROOT / "weights"
 
 
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videotag"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDEOTAG_", env_file=".env", extra="ignore")
 
     # --- models -------------------------------------------------------------------------------------
     weights_dir: Path = Field(default_factory=_default_weights_dir, description="Where exported models live.")
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Downloaded model archives (resumable; reused by setup)."
+    )
     backbone: str = Field("efficientnet_lite0", description="Backbone name under weights_dir, or a directory.")
     model: str = Field(
         "imagenet_framepool", description="Predictor name under weights_dir, or a model directory."
@@ -37,10 +45,10 @@ class Settings(BaseSettings):
 
     # --- stage 1 ------------------------------------------------------------------------------------
     frames: int = Field(300, ge=1, le=10000, description="Frames sampled per video.")
-    sampling: Literal["segment", "timestamp"] | None = Field(
+    sampling: Literal["uniform", "segment", "timestamp"] | None = Field(
         None,
-        description="segment: VideoTag's centre-of-segment rule; timestamp: uniform in time (for VFR); "
-        "unset: the backbone manifest's choice.",
+        description="uniform: centres of N equal spans of the decoded frames; segment: VideoTag's rule (bit-exact, "
+        "for its model); timestamp: uniform in time (for VFR); unset: the model's rule (its manifests).",
     )
     batch_size: int = Field(
         0, ge=0, description="Frames per backbone batch; 0 = automatic (8 on CPU: as fast as 32 there with half "
@@ -49,6 +57,9 @@ class Settings(BaseSettings):
 
     # --- stage 2 ------------------------------------------------------------------------------------
     topk: int = Field(20, ge=1)
+    lang: str | None = Field(
+        None, description="Language of class names (e.g. en, zh); unset = the model's default (en for VideoTag)."
+    )
     threshold: float | None = Field(None, ge=0.0, le=1.0)
 
     # --- storage ------------------------------------------------------------------------------------
@@ -82,11 +93,17 @@ class Settings(BaseSettings):
     def resolve_model_dir(self, name_or_dir: str) -> Path:
         """A model is named by a directory path or by a folder name under `weights_dir`."""
         p = Path(name_or_dir).expanduser()
-        if p.is_dir():
-            return p
         q = self.weights_dir / name_or_dir
-        if q.is_dir():
-            return q
+        # A bare name means an installed model first (a folder called `videotag` in the working directory must
+        # not shadow weights/videotag); a path (with a separator) means that directory.
+        bare = len(Path(name_or_dir).parts) == 1 and not name_or_dir.startswith((".", "~"))
+        candidates = [q, p] if bare else [p]
+        for c in candidates:
+            if (c / "manifest.json").is_file():
+                return c
+        for c in candidates:
+            if c.is_dir():
+                return c
         from videotag.errors import ManifestError
 
         have = sorted(x.name for x in self.weights_dir.iterdir() if x.is_dir()) if self.weights_dir.is_dir() else []

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from videotag.hashing import sha256_bytes
 
+LABELS_DIR = Path(__file__).resolve().parent.parent / "labels"
+# VideoTag's 3396 labels as released (Chinese) and our English translation: same ids, line for line.
+VIDEOTAG_LABELS = {"zh": LABELS_DIR / "videotag_3396_zh.txt", "en": LABELS_DIR / "videotag_3396_en.txt"}
+
 
 @dataclass(frozen=True)
 class Vocabulary:

@@ -203,7 +203,9 @@ def predict(self: Task, location: dict, job_id: str) -> None:
     from videotag.pipeline import predict_from_store
 
     with _guard(self, job, "predict"):
-        result = predict_from_store(location, settings, model=job.model, topk=job.topk, threshold=job.threshold)
+        result = predict_from_store(
+            location, settings, model=job.model, topk=job.topk, threshold=job.threshold, lang=job.lang
+        )
     now = time.time()
     queued_since = job.extract_finished or job.created
     result.timings = {**job.timings, **{f"predict.{k}": v for k, v in result.timings.items()},

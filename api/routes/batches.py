@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from api.deps import MAX_JSON_BYTES, AppState, State, require_api_key
 from api.routes.jobs import ERRORS
 from api.schemas import BatchItem, BatchJSON, BatchOut, BatchResults, ErrorInfo, JobOut, Problem, RepredictJSON
-from api.security import Refused, check_model_name, check_url, resolve_server_path
+from api.security import Refused, check_model_lang, check_model_name, check_url, resolve_server_path
 from api.uploads import read_body, read_json, receive_upload
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(require_api_key)])
@@ -34,6 +34,7 @@ BATCH_BODY: dict[str, Any] = {
                     "properties": {
                         "filelist": {"type": "string", "format": "binary"},
                         "model": {"type": "string"},
+                        "lang": {"type": "string"},
                         "topk": {"type": "integer"},
                         "threshold": {"type": "number"},
                     },
@@ -96,7 +97,7 @@ async def create_batch(request: Request, st: State) -> Response:
         if "filelist" not in up.files and "filelist" not in up.fields:
             raise Refused(400, "multipart body has no 'filelist' part")
         raw = up.files.get("filelist") or up.fields.get("filelist", "").encode()
-        body = _parse(BatchJSON, {k: v for k, v in up.fields.items() if k in ("model", "topk", "threshold")})
+        body = _parse(BatchJSON, {k: v for k, v in up.fields.items() if k in ("model", "topk", "threshold", "lang")})
         items = _lines(raw.decode("utf-8", "replace"))
     elif ctype.startswith("text/plain"):
         body = BatchJSON()
@@ -109,12 +110,13 @@ async def create_batch(request: Request, st: State) -> Response:
         raise Refused(413, f"{len(items)} items; at most {MAX_ITEMS} per batch")
     sources = await run_in_threadpool(_check_sources, items, st)
     model = check_model_name(body.model, st.settings.weights_dir) or st.settings.model
+    lang = check_model_lang(model, body.lang, st.settings.weights_dir)
 
     from workers.tasks import enqueue
 
     def create() -> tuple[dict[str, Any], list[str]]:
         batch_id, job_ids = st.store.create_batch(sources, "path", model=model, topk=body.topk,
-                                                  threshold=body.threshold)  # fmt: skip
+                                                  threshold=body.threshold, lang=lang)  # fmt: skip
         return st.store.batch(batch_id) or {}, job_ids
 
     info, job_ids = await run_in_threadpool(create)
@@ -177,6 +179,7 @@ async def repredict(batch_id: str, request: Request, st: State) -> Response:
     """Stage 2 only, with another model, on the batch's stored features (no decoding): a new batch."""
     body = _parse(RepredictJSON, await read_json(request, MAX_JSON_BYTES))
     model = check_model_name(body.model, st.settings.weights_dir)
+    lang = check_model_lang(model, body.lang, st.settings.weights_dir)
     info = await _batch(st, batch_id)
     if info["status"] != "complete":
         raise Refused(409, f"batch {batch_id} is still running ({info['pending']} pending); re-predict when complete")
@@ -200,7 +203,8 @@ async def repredict(batch_id: str, request: Request, st: State) -> Response:
                 }
             )
         new_id, job_ids = st.store.create_batch(sources, kind="repredict", parent=batch_id, model=model,
-                                                topk=body.topk, threshold=body.threshold, locations=locations,
+                                                topk=body.topk, threshold=body.threshold, lang=lang,
+                                                locations=locations,
                                                 errors=errors)  # fmt: skip
         enqueue([(j, "predict", loc) for j, loc in zip(job_ids, locations, strict=True) if loc])
         info = st.store.batch(new_id) or {}

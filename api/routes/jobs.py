@@ -15,13 +15,14 @@ from pydantic import ValidationError
 
 from api.deps import MAX_JSON_BYTES, AppState, State, require_api_key
 from api.schemas import Frame, FramesOut, InputJSON, JobOut, Problem
-from api.security import Refused, check_model_name, check_url, resolve_server_path
+from api.security import Refused, check_model_lang, check_model_name, check_url, resolve_server_path
 from api.uploads import read_json, receive_upload
 from videotag.jobs import BLOCK_S, Job, P, new_id
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
-_FORM_FIELDS = {"model": {"type": "string"}, "topk": {"type": "integer"}, "threshold": {"type": "number"}}
+_FORM_FIELDS = {"model": {"type": "string"}, "topk": {"type": "integer"}, "threshold": {"type": "number"},
+                "lang": {"type": "string"}}  # fmt: skip
 INPUT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -81,12 +82,13 @@ async def accept_input(request: Request, st: AppState, kind: str) -> Job:
             raise
         source, kind_in, filename = str(up.path), "upload", up.filename
     model = check_model_name(body.model, s.weights_dir) or s.model
+    lang = check_model_lang(model, body.lang, s.weights_dir)
 
     def create() -> Job:
         from workers.tasks import enqueue
 
         job = st.store.create_job(source, kind_in, kind=kind, model=model, topk=body.topk, threshold=body.threshold,
-                                  filename=filename, job_id=job_id)  # fmt: skip
+                                  lang=lang, filename=filename, job_id=job_id)  # fmt: skip
         enqueue([(job.id, "extract", None)])
         return job
 

@@ -30,11 +30,46 @@ function showError(msg) {
   $("error").textContent = msg;
 }
 
+// Model and language pickers, filled from GET /v1/models (languages follow the chosen model).
+let MODELS = [];
+function fillLanguages() {
+  const name = $("model").value || $("model").dataset.default;
+  const m = MODELS.find((x) => x.name === name);
+  const sel = $("lang");
+  const keep = sel.value;
+  sel.textContent = "";
+  const langs = (m && m.languages) || [];
+  const def = (m && m.default_language) || "";
+  sel.append(new Option(def ? `${def} (default)` : "model's default", ""));
+  for (const l of langs) if (l !== def) sel.append(new Option(l, l));
+  if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
+}
+async function loadModels() {
+  try {
+    const body = await getJSON("/v1/models");
+    MODELS = body.installed.filter((m) => m.kind === "predictor");
+    const sel = $("model");
+    sel.textContent = "";
+    sel.dataset.default = body.default;
+    for (const m of MODELS) {
+      const label = `${m.name}${m.name === body.default ? " (default)" : ""} · ${m.classes} classes`;
+      sel.append(new Option(label, m.name === body.default ? "" : m.name));
+    }
+    fillLanguages();
+  } catch (e) {
+    console.warn("models:", e);
+  }
+}
+$("model").addEventListener("change", fillLanguages);
+loadModels();
+
 function upload(file, topk) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
     form.append("file", file, file.name);
     if (topk) form.append("topk", String(topk));
+    if ($("model").value) form.append("model", $("model").value);
+    if ($("lang").value) form.append("lang", $("lang").value);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/jobs");
     for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);

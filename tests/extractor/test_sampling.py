@@ -110,3 +110,50 @@ def test_timestamp_indices_constant_rate_equals_segment_rule_when_divisible() ->
     # n > N at constant rate: each frame used for consecutive slots, in order (no cyclic wrap-around)
     got = timestamp_indices(np.arange(10) / 10.0, 1.0, 30)
     assert got.tolist() == sorted(got.tolist()) and set(got.tolist()) == set(range(10))
+
+
+# ------------------------------------------------------------------------------------------- uniform (default)
+
+
+@pytest.mark.parametrize(
+    ("num_frames", "n", "expected"),
+    [
+        (9, 3, [1, 4, 7]),  # spans of 3: their centres
+        (10, 3, [1, 5, 8]),  # spans of 3.33: floor(1.67), floor(5), floor(8.33)
+        (599, 300, None),  # checked by the property test below
+        (3, 7, [0, 1, 2, 0, 1, 2, 0]),  # n > N: cyclic repeat, as VideoTag's rule
+        (1, 4, [0, 0, 0, 0]),
+        (5, 5, [0, 1, 2, 3, 4]),
+    ],
+)
+def test_uniform_indices_hand_computed(num_frames: int, n: int, expected: list[int] | None) -> None:
+    from extractor.sampling import uniform_indices
+
+    got = uniform_indices(num_frames, n)
+    assert got.dtype == np.int64 and got.shape == (n,)
+    if expected is not None:
+        assert got.tolist() == expected
+
+
+def test_uniform_indices_cover_the_whole_video() -> None:
+    """For any N >= n: the first sample lies in the first n-th of the video, the last in the last n-th, indices
+    strictly increase and every gap is within one frame of N / n; short videos repeat cyclically."""
+    from extractor.sampling import count_indices, uniform_indices
+
+    rng = np.random.default_rng(0)
+    cases = [(int(rng.integers(1, 400)), 0) for _ in range(300)]
+    cases = [(n, n + int(rng.integers(0, 5000))) for n, _ in cases] + [(300, 599), (32, 60), (300, 300), (1, 1)]
+    for n, num in cases:
+        idx = uniform_indices(num, n)
+        assert idx[0] * n < num, (num, n)  # in the first n-th
+        assert (idx[-1] + 1) * n > num * (n - 1), (num, n)  # in the last n-th
+        assert idx.min() >= 0 and idx.max() < num
+        if n > 1:
+            gaps = np.diff(idx)
+            assert gaps.min() >= 1 and gaps.max() <= num / n + 1, (num, n)
+        assert count_indices("uniform", num, n).tolist() == idx.tolist()
+    for num in range(1, 40):
+        n = num + int(rng.integers(1, 50))
+        assert uniform_indices(num, n).tolist() == [i % num for i in range(n)]
+    # VideoTag's rule never looks past frame n * (N // n): a 599-frame video at 300 stops at frame 299
+    assert segment_indices(599, 300).max() == 299 and uniform_indices(599, 300).max() >= 597

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,12 +13,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from videotag import pipeline
+from videotag.catalog import AVAILABLE
 from videotag.cli.app import app
 from videotag.cli.common import console, fail, guard, make_settings, out, setup_logging
+from videotag.errors import VideotagError
 from videotag.schema import VideoResult
 from videotag.settings import Settings
 
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: info logs, -vv: debug.")]
+Lang = Annotated[
+    str | None,
+    typer.Option(
+        "--lang", help="Language of class names, e.g. en or zh (VideoTag has both) [default: the model's; en]."
+    ),
+]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -30,7 +39,13 @@ def _ensure_defaults(settings: Settings, model: str | None) -> None:
     """Export the default models on first use, so `tag` works right after install."""
     from videotag import defaults
 
-    names = {model or settings.model, settings.backbone}
+    name = model or settings.model
+    names = {name}
+    try:
+        if not (settings.resolve_model_dir(name) / "backbone" / "manifest.json").is_file():
+            names.add(settings.backbone)  # the model has no backbone of its own
+    except VideotagError:
+        names.add(settings.backbone)
     if names & {defaults.BACKBONE, defaults.PREDICTOR} and not (
         (settings.weights_dir / defaults.BACKBONE / "manifest.json").is_file()
         and (settings.weights_dir / defaults.PREDICTOR / "manifest.json").is_file()
@@ -39,20 +54,132 @@ def _ensure_defaults(settings: Settings, model: str | None) -> None:
         defaults.export_defaults(settings.weights_dir)
 
 
-@app.command()
+@app.command(
+    epilog="What can be set up:\n\n"
+    + "\n\n".join(f"  {k}: {v['description']}; needs {v['needs']}" for k, v in AVAILABLE.items()),
+)
 @guard
 def setup(
-    force: Annotated[bool, typer.Option(help="Re-export even if valid models exist.")] = False,
+    name: Annotated[
+        str, typer.Argument(help=f"What to set up: {' | '.join(AVAILABLE)} (see below).", show_default=True)
+    ] = "default",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Install directory (default: weights/NAME).")
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="videotag: take the archives from this folder or mirror URL instead of Baidu's server "
+            "(air-gapped sites)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Re-export / re-download and replace what is installed.")] = False,
+    lstm_impl: Annotated[
+        str, typer.Option(help="videotag: ONNX form of the peephole LSTM (scan: every provider; onnx_lstm: CPU).")
+    ] = "scan",
     verbose: Verbose = 0,
 ) -> None:
-    """Export the default models (EfficientNet-Lite0 backbone + ImageNet frame-pooling predictor) to weights/."""
-    setup_logging(max(verbose, 1))
-    from videotag.defaults import export_defaults
+    """Install models into weights/: the offline default, or VideoTag's 3396-label model in one command.
 
+    Examples: `videotag setup`; `videotag setup videotag`; `videotag setup videotag --source ~/Downloads`.
+    Downloads resume where they stopped (run the command again after a cut connection or Ctrl-C).
+    """
+    setup_logging(max(verbose, 1))
+    if name not in AVAILABLE:
+        fail(f"cannot set up {name!r}: choose one of {', '.join(AVAILABLE)}")
     settings = make_settings()
     t = time.perf_counter()
-    b, p = export_defaults(settings.weights_dir, force=force)
-    console.print(f"[green]ready[/] backbone {b}  predictor {p}  ({time.perf_counter() - t:.1f}s)")
+    if name == "default":
+        from videotag.defaults import export_defaults
+
+        b, p = export_defaults(settings.weights_dir, force=force)
+        console.print(f"[green]ready[/] backbone {b}  predictor {p}  ({time.perf_counter() - t:.1f}s)")
+        return
+    from videotag.importers.videotag_release import install_videotag
+
+    target = out or settings.weights_dir / name
+    with _download_progress() as progress:
+        report = install_videotag(
+            target,
+            settings.cache_dir / "videotag",
+            source=source,
+            force=force,
+            lstm_impl=lstm_impl,
+            progress=progress,
+            log=lambda msg: console.print(f"[dim]{time.perf_counter() - t:6.1f}s[/] {msg}"),
+        )
+    out_name = target.name if target.parent.resolve() == settings.weights_dir.resolve() else str(target)
+    console.print(
+        f"[green]installed[/] {report.out}: {report.num_classes} classes, names in en (default) and zh "
+        f"({time.perf_counter() - t:.0f}s)\n"
+        f"  run it: videotag tag --model {out_name} VIDEO...   (--lang zh for Chinese)"
+    )
+
+
+class _download_progress:
+    """Context manager giving `install_videotag` one rich progress bar (size, speed, ETA) per archive."""
+
+    def __enter__(self):
+        from rich.progress import DownloadColumn, TransferSpeedColumn
+
+        self._prog = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=console,
+        )  # fmt: skip
+        self._prog.__enter__()
+        return self
+
+    def __call__(self, archive):
+        task = self._prog.add_task(archive.file, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            self._prog.update(task, completed=done, total=total)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        self._prog.__exit__(*exc)
+
+
+@app.command("models")
+@guard
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (installed + available) for scripts.")] = False,
+) -> None:
+    """List installed models (name, kind, architecture, classes, languages, backbone, size, source) and the ones
+    `videotag setup` can install."""
+    from videotag.catalog import available_models, installed_models
+
+    settings = make_settings()
+    installed = installed_models(settings.weights_dir)
+    available = available_models(settings.weights_dir)
+    if as_json:
+        print(json.dumps({"weights_dir": str(settings.weights_dir), "installed": installed, "available": available},
+                         ensure_ascii=False, indent=2))  # fmt: skip
+        return
+    t = Table(title=f"installed in {settings.weights_dir}", title_justify="left", box=None, pad_edge=False)
+    for col in ("name", "kind", "architecture", "classes", "languages", "backbone", "size", "source"):
+        t.add_column(col, justify="right" if col in ("classes", "size") else "left")
+    for m in installed:
+        t.add_row(
+            m["name"], m["kind"], m["architecture"], str(m.get("classes") or ""), ",".join(m.get("languages") or []),
+            m.get("backbone") or "", _human(m["size_bytes"]), m.get("source") or "",
+        )  # fmt: skip
+    out.print(t if installed else f"no models installed in {settings.weights_dir}")
+    a = Table(title="available: videotag setup NAME", title_justify="left", box=None, pad_edge=False)
+    for col in ("name", "installed", "needs", "what"):
+        a.add_column(col)
+    for m in available:
+        a.add_row(m["name"], "yes" if m["installed"] else "no", m["needs"], m["description"])
+    out.print(a)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def _progress(total: int) -> Progress:
@@ -155,7 +282,10 @@ BatchSize = Annotated[
 ]
 Sampling = Annotated[
     str | None,
-    typer.Option(help="segment (VideoTag's rule) or timestamp (uniform in time, for VFR) [default: the backbone's]."),
+    typer.Option(
+        help="uniform (centres of N equal spans), segment (VideoTag's rule) or timestamp (uniform in time, for VFR) "
+        "[default: the model's]."
+    ),
 ]
 
 
@@ -179,6 +309,7 @@ def tag(
     ] = None,
     show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
+    lang: Lang = None,
     verbose: Verbose = 0,
 ) -> None:
     """Tag videos: decode, sample frames, CNN features, predictor -> ranked {class_id, class_name, probability}.
@@ -187,7 +318,7 @@ def tag(
     """
     setup_logging(verbose)
     settings = make_settings(
-        topk=topk, threshold=threshold, frames=frames, batch_size=batch_size, sampling=sampling
+        topk=topk, threshold=threshold, frames=frames, batch_size=batch_size, sampling=sampling, lang=lang
     )
     _ensure_defaults(settings, model)
     sources = pipeline.expand_inputs(inputs or [], filelist)
@@ -231,11 +362,12 @@ def predict(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write results here (as `tag --out`).")] = None,
     show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
+    lang: Lang = None,
     verbose: Verbose = 0,
 ) -> None:
     """Stage 2 only: ranked tags from stored features (no decoding). Refuses features of another backbone."""
     setup_logging(verbose)
-    settings = make_settings(topk=topk, threshold=threshold)
+    settings = make_settings(topk=topk, threshold=threshold, lang=lang)
     _ensure_defaults(settings, model)
     wanted = pipeline.read_filelist(ids) if ids else None
     results = pipeline.predict_store(stores, settings, model, wanted)

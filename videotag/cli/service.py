@@ -115,6 +115,9 @@ def submit(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Predictor (default: settings.model).")] = None,
     topk: Annotated[int | None, typer.Option(help="Tags per video.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Drop tags below this probability.")] = None,
+    lang: Annotated[
+        str | None, typer.Option("--lang", help="Language of class names, e.g. en or zh [default: the model's].")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Follow progress until the batch completes.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -124,12 +127,16 @@ def submit(
     if not sources:
         fail("nothing to submit: give videos and/or --filelist")
     url = _connect(settings)
+    from videotag.catalog import model_languages
     from videotag.jobs import JobStore
     from workers.tasks import enqueue
 
+    model = model or settings.model
+    if lang and lang not in (have := model_languages(settings.resolve_model_dir(model))):
+        fail(f"model {model!r} has no {lang!r} class names (it has: {', '.join(have) or 'none'})")
     store = JobStore.from_url(url)
-    batch_id, job_ids = store.create_batch(sources, "path", model=model or settings.model, topk=topk,
-                                           threshold=threshold)  # fmt: skip
+    batch_id, job_ids = store.create_batch(sources, "path", model=model, topk=topk, threshold=threshold,
+                                           lang=lang)  # fmt: skip
     enqueue([(j, "extract", None) for j in job_ids])
     out.print(batch_id, highlight=False)
     console.print(f"queued {len(job_ids)} video(s)")

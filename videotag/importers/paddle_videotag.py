@@ -29,7 +29,7 @@ from extractor.backbones.resnet import ResNet, mismatch_report
 from predictor.models.attention_lstm import LSTM_IMPLS, AttentionLSTM
 from videotag.errors import ModelMismatchError
 from videotag.hashing import sha256_file
-from videotag.vocab import Vocabulary
+from videotag.vocab import VIDEOTAG_LABELS, Vocabulary
 
 BACKBONE_NAME = "videotag_tsn_resnet101"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -314,6 +314,13 @@ def load_labels(path: str | Path, num_classes: int) -> Vocabulary:
     return vocab
 
 
+def _shipped_translations(vocab: Vocabulary) -> dict[str, Vocabulary]:
+    """Our translations of VideoTag's label list, when `vocab` is that list (matched by its label-set sha256)."""
+    if not VIDEOTAG_LABELS["zh"].is_file() or Vocabulary.load(VIDEOTAG_LABELS["zh"]).sha256 != vocab.sha256:
+        return {}
+    return {lang: Vocabulary.load(p) for lang, p in VIDEOTAG_LABELS.items() if lang != "zh"}
+
+
 # --------------------------------------------------------------------------------------------- the import
 
 
@@ -338,16 +345,19 @@ def import_videotag(
     lstm_impl: str = "scan",
     overwrite: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
+    downloads: list[dict[str, Any]] | None = None,
 ) -> ImportReport:
     """Convert VideoTag's tsn.pdparams + attention_lstm.pdparams + label_3396.txt into the bundle `out`.
 
     Every input is validated (kind, names, shapes, label count) before anything is written; `out` appears
-    only when both ONNX models have passed their parity checks against the torch models.
+    only when both ONNX models have passed their parity checks against the torch models. When the labels are
+    VideoTag's released list, the bundle also gets the shipped English names (`labels_en.txt`, the default
+    language). `downloads` ({url, file, size, sha256} of the archives fetched) is recorded in the manifest.
     """
     from extractor.backbone import export_backbone
     from extractor.preprocess import Preprocess
     from predictor.export import export_predictor
-    from videotag.manifest import publish_dir, read_manifest
+    from videotag.manifest import add_vocabularies, publish_dir, read_manifest
 
     tsn, lstm, labels, out = Path(tsn), Path(lstm), Path(labels), Path(out)
     if lstm_impl not in LSTM_IMPLS:
@@ -406,8 +416,12 @@ def import_videotag(
                 "preset": "videotag",
                 "postprocess": {"topk": 20, "threshold": None},
                 "lstm_impl": lstm_impl,
+                "sampling": "segment",  # VideoTag's rule, bit-exact; features sampled otherwise are refused
+                **({"downloads": downloads} if downloads else {}),
             },
         )
+        translations = _shipped_translations(vocab)
+        add_vocabularies(stage, "zh", translations, "en" if "en" in translations else "zh")
         shutil.move(str(stage_backbone), str(stage / "backbone"))
         publish_dir(stage, out)
     finally:  # the exporters clean their own staging dirs; leave none of ours behind on failure
