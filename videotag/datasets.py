@@ -120,6 +120,32 @@ def _write_list(path: Path, ids: list[str], labels: dict[str, tuple[int, ...]], 
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _reusable(sources: list[str], shard_dir: Path, settings: Settings) -> dict[int, VideoResult]:
+    """Videos whose shard `shard_dir/<id>.h5` exists from an earlier run with the same frame count: not decoded
+    again. A shard made with other settings is refused (extraction keeps existing shards, it never mixes)."""
+    out: dict[int, VideoResult] = {}
+    if not shard_dir.is_dir():
+        return out
+    for i, src in enumerate(sources):
+        try:
+            vid = pipeline.video_id_for(src)
+        except OSError:
+            continue  # extraction reports it
+        shard = shard_dir / f"{vid}.h5"
+        if not shard.is_file():
+            continue
+        with FeatureStore(shard) as st:
+            rec = st.get(vid)
+        if rec.num_frames != settings.frames or (settings.sampling and rec.sampling != settings.sampling):
+            raise DatasetError(
+                f"{shard} (features of {src}) holds {rec.num_frames} frames sampled by {rec.sampling!r}, but this "
+                f"run asks for {settings.frames}{' by ' + repr(settings.sampling) if settings.sampling else ''}: "
+                f"use another --out, or delete {shard_dir} to extract again"
+            )
+        out[i] = VideoResult(video_id=vid, source=src, ok=True, features={"path": str(shard), "video_id": vid})
+    return out
+
+
 def build_dataset(
     videos_dir: str | Path,
     out_dir: str | Path,
@@ -138,6 +164,7 @@ def build_dataset(
         backbone to use, as for `videotag extract`.
     val_fraction, seed: stratified, deterministic split (0 = no validation list).
     on_start(total), on_result(result): progress hooks, called before extraction and once per video.
+    Videos whose features an earlier run stored in OUT/features with the same frame count are not decoded again.
     Raises DatasetError when there is nothing to build (no classes, no videos, every video failed).
     """
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
@@ -169,19 +196,26 @@ def build_dataset(
     features_root = out_dir / "features"
     failed_path = out_dir / "failed.jsonl"
 
+    reused = _reusable(sources, features_root / pipeline.get_extractor(settings, model).name, settings)
+    todo = [s for i, s in enumerate(sources) if i not in reused]
     if on_start:
         on_start(len(sources))
     ok: list[VideoResult] = []
     n_failed = 0
     with open(failed_path, "w", encoding="utf-8") as failed:
-        for res in pipeline.tag_sources(sources, settings, model, features_out=features_root, predict=False):
-            if on_result:
-                on_result(res)
-            if res.ok and res.features:
-                ok.append(res)
-            else:
-                n_failed += 1
-                failed.write(res.model_dump_json() + "\n")
+        extracted = pipeline.tag_sources(todo, settings, model, features_out=features_root, predict=False)
+        try:
+            for i in range(len(sources)):
+                res = reused[i] if i in reused else next(extracted)
+                if on_result:
+                    on_result(res)
+                if res.ok and res.features:
+                    ok.append(res)
+                else:
+                    n_failed += 1
+                    failed.write(res.model_dump_json() + "\n")
+        finally:
+            extracted.close()
     if not ok:
         raise DatasetError(f"none of the {len(sources)} videos could be extracted; reasons in {failed_path}")
     if n_failed:

@@ -76,9 +76,13 @@ def test_folder_per_class(videos: Path, default_weights: Path, monkeypatch: pyte
                               for r in rows))  # fmt: skip
         res = resolve_labels(read_labels(lf, Vocabulary(tuple(CLASSES))), store)
         assert res.problems == [] and sorted(res.video_ids) == sorted(r["id"] for r in rows)
-    # same videos and seed -> same split (features are reused)
+    # same videos and seed -> same split (features are reused, not decoded again)
+    shard = ds / "features" / "efficientnet_lite0" / f"{next(iter(val))}.h5"
+    mtime = shard.stat().st_mtime_ns
     vt("dataset", "videos", "--out", "ds", "--frames", "8", "--val-fraction", "0.34", "--seed", "1")
-    assert _list(ds / "val.txt") == val
+    assert _list(ds / "val.txt") == val and shard.stat().st_mtime_ns == mtime
+    out = vt("dataset", "videos", "--out", "ds", "--frames", "4", code=2)  # never mixes 8- and 4-frame features
+    assert "holds 8 frames" in " ".join(out.split()) and "use another --out" in " ".join(out.split())
     # check-dataset agrees the dataset is clean
     out = vt("check-dataset", "-f", ds / "features", "-l", ds / "train.txt", "-v", ds / "vocab.txt", "-o", "rep")
     assert "dataset OK" in out and "matched by: id 6" in out
