@@ -49,18 +49,21 @@ async function loadModels() {
     const body = await getJSON("/v1/models");
     MODELS = body.installed.filter((m) => m.kind === "predictor");
     const sel = $("model");
+    const keep = sel.value;
     sel.textContent = "";
     sel.dataset.default = body.default;
     for (const m of MODELS) {
       const label = `${m.name}${m.name === body.default ? " (default)" : ""} · ${m.classes} classes`;
       sel.append(new Option(label, m.name === body.default ? "" : m.name));
     }
+    sel.value = [...sel.options].some((o) => o.value === keep) ? keep : "";  // the server's default first
     fillLanguages();
   } catch (e) {
     console.warn("models:", e);
   }
 }
 $("model").addEventListener("change", fillLanguages);
+$("apikey").addEventListener("change", loadModels);  // a server with API keys answers /v1/models only with one
 loadModels();
 
 function upload(file, topk) {

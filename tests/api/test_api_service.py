@@ -11,7 +11,7 @@ import httpx
 import pytest
 from service_helpers import free_port, make_clips, make_weights, service_settings, start_service, wait_batch
 
-from api.schemas import BatchOut, BatchResults, FramesOut, Health, JobOut, Problem, Ready
+from api.schemas import BatchOut, BatchResults, FramesOut, Health, JobOut, ModelsOut, Problem, Ready
 from api.security import Refused, check_url, resolve_server_path
 
 KEY = "test-key-1"
@@ -48,7 +48,8 @@ def test_api_key_required(env):
     url = env["svc"].api_url
     for method, path in (("get", "/v1/jobs/jx"), ("post", "/v1/jobs"), ("post", "/v1/tag"), ("post", "/v1/batches"),
                          ("get", "/v1/batches/bx"), ("get", "/v1/batches/bx/results"),
-                         ("post", "/v1/batches/bx/repredict"), ("get", "/v1/jobs/jx/frames")):  # fmt: skip
+                         ("post", "/v1/batches/bx/repredict"), ("get", "/v1/jobs/jx/frames"),
+                         ("get", "/v1/models")):  # fmt: skip
         r = httpx.request(method, url + path, json={"path": "x"})
         assert "missing API key" in problem(r, 401), path
         r = httpx.request(method, url + path, json={"path": "x"}, headers={"X-API-Key": "wrong"})
@@ -60,6 +61,27 @@ def test_api_key_required(env):
     for path in ("/readyz", "/metrics", "/docs", "/openapi.json", "/", "/static/app.js"):
         assert httpx.get(url + path).status_code == 200, path
     assert c.get("/v1/jobs/nope").status_code == 404
+
+
+# ---- models and languages -----------------------------------------------------------------------------------
+def test_models_listed_and_languages_checked(env):
+    c = env["client"]
+    body = ModelsOut.model_validate(c.get("/v1/models").json())
+    installed = {m.name: m for m in body.installed}
+    fp = installed["imagenet_framepool"]
+    assert body.default == "imagenet_framepool" and fp.kind == "predictor" and fp.classes == 1000
+    assert fp.languages == ["en"] and fp.default_language == "en" and fp.size_bytes > 1_000_000
+    assert installed["efficientnet_lite0"].kind == "backbone"
+    assert {a.name for a in body.available} == {"default", "videotag"}
+    r = c.post("/v1/tag", files={"file": ("a.mp4", env["clips"][0].read_bytes(), "video/mp4")},
+               data={"topk": "3", "lang": "en"})  # fmt: skip
+    job = JobOut.model_validate(r.json())
+    assert r.status_code == 200 and job.lang == "en" and len(job.result.tags) == 3
+    clip = str(env["clips"][1])
+    assert "no 'zh' class names (it has: en)" in problem(c.post("/v1/jobs", json={"path": clip, "lang": "zh"}), 422)
+    assert "lang" in problem(c.post("/v1/jobs", json={"path": clip, "lang": "../x"}), 422)
+    r = c.post("/v1/batches", json={"paths": [clip], "lang": "zh"})
+    assert "no 'zh' class names" in problem(r, 422)
 
 
 # ---- uploads ------------------------------------------------------------------------------------------------

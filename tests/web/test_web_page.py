@@ -97,7 +97,15 @@ class Browser:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, default_weights):
     tmp = tmp_path_factory.mktemp("web")
-    svc = start_service(service_settings(tmp, make_weights(tmp / "w", default_weights), api_keys=[KEY]))
+    weights = make_weights(tmp / "w", default_weights)
+    bilingual = weights / "bilingual"  # the default model with a second vocabulary ("fr": "FR <name>")
+    shutil.copytree(weights / "imagenet_framepool", bilingual)
+    from videotag.manifest import add_vocabularies
+    from videotag.vocab import Vocabulary
+
+    en = Vocabulary.load(bilingual / "labels.txt")
+    add_vocabularies(bilingual, "en", {"fr": Vocabulary(tuple(f"FR {n}" for n in en.names))}, "en")
+    svc = start_service(service_settings(tmp, weights, api_keys=[KEY]))
     yield svc
     svc.stop(worker_grace=10)
 
@@ -168,3 +176,32 @@ def test_wrong_key_shows_error(service, browser, tmp_path):
     browser.js("document.getElementById('submit').click()")
     assert browser.wait("document.body.dataset.state", 30) == "error"
     assert browser.js("document.getElementById('error').textContent") == "401: invalid API key"
+
+
+def test_model_and_language_pickers(service, browser, tmp_path):
+    """The page lists the installed predictors (GET /v1/models) and each one's languages; the chosen pair is what
+    the job uses."""
+    clip = videogen.make_video(tmp_path / "pick.mp4", frames=20, size=(160, 120), fps=10)
+    browser.call("Page.navigate", url=service.api_url + "/")
+    browser.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
+    browser.js(f"(() => {{ const k = document.getElementById('apikey'); k.value = {json.dumps(KEY)};"
+               "k.dispatchEvent(new Event('change')); })()")  # fmt: skip
+    browser.wait("document.querySelectorAll('#model option').length === 3", 30)  # + tiny_pool (service_helpers)
+    models = dict(browser.js("[...document.querySelectorAll('#model option')].map(o => [o.value, o.textContent])"))
+    assert set(models) == {"", "bilingual", "tiny_pool"} and models[""].startswith("imagenet_framepool (default)")
+    assert browser.js("[...document.querySelectorAll('#lang option')].map(o => o.value)") == [""]  # en only
+    browser.js("(() => { const m = document.getElementById('model'); m.value = 'bilingual';"
+               "m.dispatchEvent(new Event('change')); })()")  # fmt: skip
+    langs = browser.js("[...document.querySelectorAll('#lang option')].map(o => o.textContent)")
+    assert langs == ["en (default)", "fr"]
+    browser.js("document.getElementById('lang').value = 'fr'")
+    root = browser.call("DOM.getDocument")["root"]["nodeId"]
+    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    browser.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node)
+    browser.js("document.getElementById('topk').value = '3'")
+    browser.js("document.getElementById('submit').click()")
+    assert browser.wait("document.body.dataset.state", 90) == "done"
+    names = browser.js("[...document.querySelectorAll('#tags .tag .name')].map(e => e.textContent)")
+    assert len(names) == 3 and all(n.startswith("FR ") for n in names), names
+    shot = browser.call("Page.captureScreenshot", format="png")["data"]
+    (tmp_path / "pickers.png").write_bytes(base64.b64decode(shot))
