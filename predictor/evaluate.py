@@ -1,8 +1,17 @@
-"""`videotag evaluate`: score a model (exported dir or training checkpoint) on a feature store + label file."""
+"""`videotag evaluate`: score a model (exported dir or training checkpoint) on a feature store + label file.
+
+With `out_dir` it also writes (see `write_outputs`):
+    metrics.json            the report (as `out_json`)
+    per_class_ap.json/.csv  AP of every class with positives, sorted best first (+ positives, top-1 count)
+    pr_curves.png           precision-recall curves of the most frequent classes
+    confusion_matrix.png    only when every video has exactly one label (top-1 prediction vs truth)
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +21,7 @@ import torch
 
 from predictor.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
 from predictor.data import DatasetError, SequenceDataset, load_labelled, pad_collate, sequence_shape, store_backbone
-from predictor.metrics import evaluate_all
+from predictor.metrics import evaluate_all, per_class_ap
 from predictor.models import SequenceModel
 from videotag.errors import ModelMismatchError
 from videotag.manifest import MANIFEST_NAME, now_iso
@@ -98,8 +107,11 @@ def evaluate(
     gap_k: int = 20,
     recall_ks: tuple[int, ...] = (1, 5, 20),
     out_json: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    pr_top: int = 10,
 ) -> dict[str, Any]:
-    """Metrics of `model` on the labelled videos; writes the JSON report when `out_json` is given."""
+    """Metrics of `model` on the labelled videos; writes the JSON report when `out_json` is given and every
+    output file (module doc) into `out_dir` when given. The report's "outputs" lists the files written."""
     scorer = _Scorer(model)
     if vocab is not None:
         v = Vocabulary.load(vocab)
@@ -128,8 +140,57 @@ def evaluate(
         "metrics": metrics,
         "created": now_iso(),
     }
-    if out_json is not None:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     store.close()
+    if out_dir is not None:
+        report["outputs"] = write_outputs(Path(out_dir), report, probs, ds.targets, scorer.vocab, pr_top)
+    if out_json is not None:
+        _write_text(Path(out_json), json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_outputs(
+    out: Path, report: dict[str, Any], probs: np.ndarray, targets: np.ndarray, vocab: Vocabulary, pr_top: int = 10
+) -> dict[str, str]:
+    """Write metrics.json, per_class_ap.{json,csv}, pr_curves.png (+ confusion_matrix.png) into `out`.
+
+    probs: [N, C] probabilities, targets: [N, C] 0/1. Returns {kind: file name}.
+    """
+    from predictor import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(vocab.names)
+    rows = [{"class_name": names[r["class_id"]], **r} for r in per_class_ap(probs, targets)]
+    cols = ["class_id", "class_name", "ap", "num_positives", "num_predicted_top1"]
+    files: dict[str, str] = {}
+    per_class = {
+        "sorted_by": "ap (descending), then class_id",
+        "num_classes": len(names),
+        "classes_with_positives": len(rows),
+        "classes": [{k: r[k] for k in cols} for r in rows],
+    }
+    _write_text(out / "per_class_ap.json", json.dumps(per_class, indent=2) + "\n")
+    tmp = out / f".per_class_ap.csv.{os.getpid()}.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", *cols])
+        for i, r in enumerate(rows, 1):
+            w.writerow([i, *(f"{r[k]:.6f}" if k == "ap" else r[k] for k in cols)])
+    os.replace(tmp, out / "per_class_ap.csv")
+    files.update(per_class_ap_json="per_class_ap.json", per_class_ap_csv="per_class_ap.csv")
+    _, drawn = plots.pr_curves(probs, targets, names, out / "pr_curves.png", top=pr_top)
+    files["pr_curves"] = "pr_curves.png"
+    per_video = targets.sum(axis=1)
+    if len(per_video) and bool((per_video == 1).all()):
+        plots.confusion_matrix(targets.argmax(axis=1), probs.argmax(axis=1), names, out / "confusion_matrix.png")
+        files["confusion_matrix"] = "confusion_matrix.png"
+    files["metrics"] = "metrics.json"
+    _write_text(out / "metrics.json", json.dumps({**report, "outputs": files}, indent=2) + "\n")
+    return files

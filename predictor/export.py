@@ -86,8 +86,13 @@ def export_predictor(
     backbone: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    sampling: str | None = None,
 ) -> Path:
-    """Export to `out_dir/{model.onnx, labels.txt, manifest.json}`; `backbone` = {name, sha256, feature_dim}."""
+    """Export to `out_dir/{model.onnx, labels.txt, manifest.json}`; `backbone` = {name, sha256, feature_dim}.
+
+    sampling: the frame-sampling policy the model was trained on (e.g. "segment"), recorded as the manifest's
+    "sampling" so prediction can check the features it gets; omitted from the manifest when None.
+    """
     if len(vocab) != model.num_classes:
         raise ValueError(f"vocabulary has {len(vocab)} names but the model outputs {model.num_classes} classes")
     if int(backbone.get("feature_dim", model.feature_dim)) != model.feature_dim:
@@ -110,6 +115,8 @@ def export_predictor(
             "metrics": metrics or {},
             **(extra or {}),
         }
+        if sampling is not None:
+            manifest["sampling"] = sampling
         write_manifest(tmp, manifest)
     return Path(out_dir)
 

@@ -131,3 +131,24 @@ def evaluate_all(
 
 # Short headline names used in tables and in checkpoints / manifests.
 HEADLINE = ("gap@20", "hit@1", "perr", "mAP", "top1_acc", "top5_acc")
+
+
+def per_class_ap(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+    """AP of every class with >= 1 positive (ranking all videos by that class), sorted by AP, best first.
+
+    Rows: {class_id, ap, num_positives, num_predicted_top1}; ties broken by class id.
+    """
+    scores, labels = _check(scores, labels)
+    top1 = np.bincount(_topk(scores, 1)[:, 0], minlength=scores.shape[1]) if len(scores) else np.zeros(0, int)
+    rows = [
+        {
+            "class_id": c,
+            "ap": average_precision(scores[:, c], labels[:, c]),
+            "num_positives": int(labels[:, c].sum()),
+            "num_predicted_top1": int(top1[c]) if len(top1) else 0,
+        }
+        for c in range(scores.shape[1])
+        if labels[:, c].any()
+    ]
+    rows.sort(key=lambda r: (-r["ap"], r["class_id"]))
+    return rows

@@ -1,14 +1,26 @@
 """`videotag train`: train or fine-tune a registered sequence model on HDF5 feature stores + a label file.
 
 Run directory (`--out DIR`):
-    run_config.json             the resolved run configuration; a resume with a different one is refused
-    checkpoint_epoch{N}.pt      one per epoch (see predictor/checkpoint.py for the contents)
-    last.pt                     copy of the latest epoch (what --resume continues from)
-    best.pt                     the epoch with the best validation GAP (what `videotag export DIR` exports)
-    history.json                per-epoch train loss + validation metrics
+    run_config.json             the resolved run configuration (recipe included); a resume with another is refused
+    last.pt                     full state of the latest epoch: weights + optimiser (what --resume continues from)
+    best.pt                     weights of the epoch with the best validation GAP@20 + what export/evaluate need
+                                (no optimiser state; what `videotag export DIR` exports)
+    checkpoint_epoch{N}.pt      full per-epoch checkpoints, only with --keep-checkpoints N|all (last.pt is then
+                                a hard link to the newest)
+    history.json                {"epochs": [per-epoch train loss, lr, validation metrics], "warnings": [...],
+                                 "best", "stopped_early", "constant_predictor_gap@20", ...}
+    curves.png                  train loss, validation GAP@20 and mAP, learning rate per epoch
+
+Recipes (predictor/recipes.py): `default` (AdamW, batch-scaled lr, warm-up + cosine, clipping, early stopping,
+batch capped by the data size) or `videotag` (VideoTag's centered RMSProp recipe); explicit options override.
+
+Not learning (NaN/inf loss, validation GAP@20 at the level of a constant predictor, train loss not falling, every
+video getting the same scores) is reported as a warning in the log and in history.json; TrainResult.warnings
+lists them and `videotag train --fail-if-not-learning` exits with code 3.
 
 Reproducibility: the model is initialised under `seed`; every epoch's shuffling and dropout are seeded from
-(seed, epoch) alone, so a run resumed at epoch k ends with the same weights as an uninterrupted one.
+(seed, epoch) alone and the learning rate is a pure function of the step, so a run resumed after epoch k ends
+with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -32,6 +45,7 @@ from predictor.checkpoint import (
     copy_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    weights_only,
 )
 from predictor.data import (
     DatasetError,
@@ -43,30 +57,31 @@ from predictor.data import (
     store_backbone,
 )
 from predictor.evaluate import check_backbone, predict_torch
-from predictor.metrics import evaluate_all
+from predictor.metrics import evaluate_all, gap
 from predictor.models import SequenceModel, create_model, get_model_class
+from predictor.recipes import RecipeError, lr_factor, resolve_recipe, warmup_steps
 from videotag.hashing import sha256_file
 from videotag.manifest import now_iso
 from videotag.store import FeatureStore
 from videotag.vocab import Vocabulary
 
 RUN_CONFIG = "run_config.json"
-# Optimiser defaults of the reference implementations (PaddleVideo / VideoTag configs, NeXtVLAD paper).
-OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
-    # centered RMSProp, lr 1e-3, step decay x0.1 every 5 epochs
-    "attention_lstm": {"optimizer": "rmsprop", "lr": 1e-3, "lr_step": 5, "lr_gamma": 0.1},
-    # Adam 2e-4, decayed x0.8 per epoch (the paper decays x0.8 every 2M samples)
-    "nextvlad": {"optimizer": "adam", "lr": 2e-4, "lr_step": 1, "lr_gamma": 0.8},
-}
-OPTIM_FALLBACK: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "lr_step": 0, "lr_gamma": 1.0}
-OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+HISTORY = "history.json"
+CURVES = "curves.png"
 # Keys a resume may change: everything else must equal the saved run_config.json.
 RESUMABLE_CHANGES = ("epochs",)
 CACHE_LIMIT_BYTES = 4 << 30  # keep features in RAM when the dataset is smaller than this (as float16)
+KEEP_ALL = -1  # keep_checkpoints: every epoch's full checkpoint
 
 
 class TrainError(DatasetError):
     """The run cannot start or continue as asked (existing run dir, config change, bad options)."""
+
+
+class NotLearningError(TrainError):
+    """Training finished but did not learn (see TrainResult.warnings); raised only when asked to fail."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -80,14 +95,19 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)
     val_labels: str | None = None
     val_fraction: float = 0.1
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = 15
+    recipe: str = "default"  # predictor/recipes.py; every None below takes the recipe's value
+    batch_size: int | None = None
+    cap_batch: bool | None = None  # cap the batch by len(train) / 8 (default recipe: yes)
     optimizer: str | None = None
     lr: float | None = None
+    schedule: str | None = None  # cosine | step | constant
+    warmup_steps: int | None = None
     lr_step: int | None = None
     lr_gamma: float | None = None
-    weight_decay: float = 0.0
-    clip_grad: float | None = None
+    weight_decay: float | None = None
+    clip_grad: float | None = None  # 0 = no clipping
+    patience: int | None = None  # early stopping on validation GAP@20 (0 = never)
     seed: int = 0
     init_from: str | None = None  # fine-tune: checkpoint whose weights (all but the output layer) start the run
 
@@ -99,14 +119,23 @@ class TrainResult:
     history: list[dict[str, Any]]
     best: dict[str, Any]
     metrics: dict[str, Any]  # validation metrics of the last epoch
+    warnings: list[str] = field(default_factory=list)  # "not learning" findings (empty = fine)
+    stopped_early: bool = False
 
 
 def _abs(p: str | Path) -> str:
     return str(Path(p).expanduser().resolve())
 
 
-def _resolve(cfg: TrainConfig, vocab: Vocabulary, backbone: dict[str, Any], init: dict | None) -> dict[str, Any]:
-    """The run's identity: the config with defaults filled, paths absolute and inputs hashed."""
+def _resolve(
+    cfg: TrainConfig,
+    vocab: Vocabulary,
+    backbone: dict[str, Any],
+    init: dict | None,
+    num_train: int,
+    sampling: str,
+) -> dict[str, Any]:
+    """The run's identity: the config with the recipe resolved, paths absolute and inputs hashed."""
     model = cfg.model or (init["model"] if init else "attention_lstm")
     get_model_class(model)  # unknown name -> clear error now, not after loading data
     if init is not None:
@@ -119,14 +148,26 @@ def _resolve(cfg: TrainConfig, vocab: Vocabulary, backbone: dict[str, Any], init
     for bad in ("feature_dim", "num_classes"):
         if bad in model_config:
             raise TrainError(f"model config must not set {bad}: it comes from the features / vocabulary")
-    opt = dict(OPTIM_DEFAULTS.get(model, OPTIM_FALLBACK))
-    for key in ("optimizer", "lr", "lr_step", "lr_gamma"):
-        if getattr(cfg, key) is not None:
-            opt[key] = getattr(cfg, key)
-    if opt["optimizer"] not in OPTIMIZERS:
-        raise TrainError(f"unknown optimizer {opt['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or not opt["lr"] > 0:
-        raise TrainError("epochs, batch size and learning rate must be positive")
+    if cfg.epochs < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
+        raise TrainError("epochs and batch size must be positive")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise TrainError(f"learning rate must be positive, got {cfg.lr}")
+    overrides = {
+        k: getattr(cfg, k)
+        for k in ("batch_size", "optimizer", "lr", "schedule", "warmup_steps", "lr_step", "lr_gamma",
+                  "weight_decay", "clip_grad", "patience")
+    }  # fmt: skip
+    if cfg.clip_grad == 0:
+        overrides["clip_grad"] = None
+        recipe_clip_off = True
+    else:
+        recipe_clip_off = False
+    try:
+        opt = resolve_recipe(cfg.recipe, model, num_train, overrides, cfg.cap_batch, model_config)
+    except RecipeError as e:
+        raise TrainError(str(e)) from None
+    if recipe_clip_off:
+        opt["clip_grad"] = None
     d = asdict(cfg)
     d.update(
         model=model,
@@ -140,10 +181,27 @@ def _resolve(cfg: TrainConfig, vocab: Vocabulary, backbone: dict[str, Any], init
         vocab_sha256=vocab.sha256,
         num_classes=len(vocab),
         backbone=backbone,
+        sampling=sampling,
+        num_train=num_train,
         init_from=_abs(cfg.init_from) if cfg.init_from else None,
         **opt,
     )
     return d
+
+
+def _sampling_policy(store: FeatureStore, ids: Sequence[str]) -> str:
+    """The frame-sampling policy all given videos were extracted with; refuses a mix (models depend on it)."""
+    counts: dict[str, int] = {}
+    for v in ids:
+        pol = str(store.attrs(v).get("sampling", "") or "unknown")
+        counts[pol] = counts.get(pol, 0) + 1
+    if len(counts) > 1:
+        desc = ", ".join(f"{n} video(s) {p!r}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        raise TrainError(
+            f"the training and validation features were extracted with different frame-sampling policies ({desc}); "
+            "a model learns one policy: re-extract them with one `--sampling` (or train on one policy's videos)"
+        )
+    return next(iter(counts)) if counts else "unknown"
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -214,6 +272,56 @@ def _fmt_metrics(m: dict[str, Any]) -> str:
     return "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
 
 
+def _constant_gap(train_targets: np.ndarray, val_targets: np.ndarray) -> float:
+    """GAP@20 of a constant predictor: every validation video scored with the training set's class frequencies."""
+    prior = train_targets.mean(axis=0, dtype=np.float64)
+    return gap(np.broadcast_to(prior, val_targets.shape), val_targets, 20)
+
+
+def _learning_warnings(
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    constant_gap: float | None,
+    nonfinite: str | None,
+    same_scores: bool,
+) -> list[str]:
+    """What says this run did not learn (empty list: nothing did)."""
+    out = []
+    if nonfinite:
+        out.append(nonfinite)
+    if constant_gap is not None and history:
+        bar = constant_gap + 0.02 + 0.03 * (1.0 - constant_gap)
+        b = float(best.get("gap@20") or -1.0)
+        if b <= bar:
+            out.append(
+                f"not learning: best validation GAP@20 {max(b, 0.0):.4f} is at the level of a constant predictor "
+                f"that scores every video with the training set's class frequencies ({constant_gap:.4f}; needs > "
+                f"{bar:.4f}). Try another recipe or learning rate, more epochs, or check the labels"
+            )
+    if same_scores:
+        out.append("collapsed: every validation video gets the same scores (the network ignores its input)")
+    losses = [float(h["train_loss"]) for h in history]
+    if len(losses) >= 2 and min(losses[1:]) >= losses[0]:
+        out.append(
+            f"not learning: the training loss never fell below its first epoch's ({losses[0]:.4f}; "
+            f"lowest later {min(losses[1:]):.4f})"
+        )
+    return out
+
+
+def _parse_keep(keep: int | str) -> int:
+    if isinstance(keep, str):
+        if keep.strip().lower() == "all":
+            return KEEP_ALL
+        try:
+            keep = int(keep)
+        except ValueError:
+            raise TrainError(f"--keep-checkpoints must be a number or 'all', got {keep!r}") from None
+    if keep < KEEP_ALL:
+        raise TrainError(f"--keep-checkpoints must be >= 0 or 'all', got {keep}")
+    return int(keep)
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -221,23 +329,41 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
     threads: int = 0,
-    keep_checkpoints: int = 0,
+    keep_checkpoints: int | str = 0,
+    fail_if_not_learning: bool = False,
+    plots: bool = True,
 ) -> TrainResult:
     """Train `cfg` into `out_dir` (see module doc); returns the history. Raises DatasetError/TrainError on bad input.
 
-    keep_checkpoints: keep only the newest N checkpoint_epoch*.pt (0 = all; last.pt and best.pt always stay).
+    keep_checkpoints: full per-epoch checkpoints to keep besides last.pt/best.pt: N newest, "all" (or -1), 0 none.
+    fail_if_not_learning: raise NotLearningError (after writing everything) when the run did not learn.
     threads: torch intra-op threads (0 = torch's default). Small models train much faster on 1 thread,
     especially on a busy machine, where idle-spinning OpenMP workers cost more than they add.
     """
+    keep = _parse_keep(keep_checkpoints)
     old_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # denormals in saturated LSTM gates slow CPU training down many times
     try:
-        return _train(cfg, Path(out_dir), resume, progress, log, keep_checkpoints)
+        res = _train(cfg, Path(out_dir), resume, progress, log, keep, plots)
     finally:
         torch.set_num_threads(old_threads)
         torch.set_flush_denormal(False)  # torch's default; leave the process as we found it
+    if res.warnings and fail_if_not_learning:
+        raise NotLearningError(f"training did not learn ({len(res.warnings)} finding(s)): {res.warnings[0]}")
+    return res
+
+
+def _write_history(out: Path, history: list[dict[str, Any]], extra: dict[str, Any], plots: bool) -> None:
+    doc = {"epochs": history, **extra}
+    tmp = out / f".{HISTORY}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / HISTORY)
+    if plots and history:
+        from predictor.plots import training_curves
+
+        training_curves(history, out / CURVES)
 
 
 def _train(
@@ -246,7 +372,8 @@ def _train(
     resume: bool,
     progress: bool | None,
     log: Callable[[str], None],
-    keep_checkpoints: int,
+    keep: int,
+    plots: bool,
 ) -> TrainResult:
     vocab = Vocabulary.load(cfg.vocab)
     store = FeatureStore(cfg.features)
@@ -266,11 +393,15 @@ def _train(
         lab = dict(zip(train_l.video_ids, train_l.labels, strict=True))
         train_ids, train_y = tr, [lab[v] for v in tr]
         val_ids, val_y = va, [lab[v] for v in va]
+    if not train_ids:
+        raise TrainError("no training videos left after the validation split (lower --val-fraction)")
     backbone = store_backbone(store)  # every video of every given store: never mix backbones
     if init is not None:
         check_backbone(init["path"], init["backbone"], backbone)
-    _check_sequences(store, list(train_ids) + list(val_ids), int(backbone["feature_dim"]))
-    rc = _resolve(cfg, vocab, backbone, init)
+    all_ids = list(train_ids) + list(val_ids)
+    _check_sequences(store, all_ids, int(backbone["feature_dim"]))
+    sampling = _sampling_policy(store, all_ids)
+    rc = _resolve(cfg, vocab, backbone, init, len(train_ids), sampling)
     # Build (and fine-tune-load) the model before touching the run dir: a bad model config fails cleanly.
     torch.manual_seed(rc["seed"])
     model = create_model(rc["model"], feature_dim=backbone["feature_dim"], num_classes=len(vocab), **rc["model_config"])
@@ -281,11 +412,6 @@ def _train(
             + (f"new output layer ({len(dropped)} tensors re-initialised)" if dropped else "same vocabulary")
         )
     optimizer = _make_optimizer(model, rc)
-    scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, step_size=rc["lr_step"], gamma=rc["lr_gamma"])
-        if rc["lr_step"] and rc["lr_step"] > 0
-        else None
-    )
 
     out.mkdir(parents=True, exist_ok=True)
     rc_path = out / RUN_CONFIG
@@ -306,57 +432,89 @@ def _train(
     elif rc["epochs"] != old.get("epochs"):
         rc_path.write_text(json.dumps(rc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    start, history, best = 1, [], {"epoch": 0, "gap@20": -1.0}
+    start, history, best, stopped = 1, [], {"epoch": 0, "gap@20": -1.0}, False
     if resume:
         try:
             last = load_checkpoint(out / "last.pt")
         except CheckpointError as e:
             raise TrainError(f"cannot resume {out}: {e}") from None
+        if "optimizer" not in last:
+            raise TrainError(f"cannot resume {out}: {last['path']} holds weights only, no optimiser state")
         model.load_state_dict(last["state_dict"])
         optimizer.load_state_dict(last["optimizer"])
-        if scheduler is not None and last.get("scheduler"):
-            scheduler.load_state_dict(last["scheduler"])
         start, history, best = int(last["epoch"]) + 1, list(last["history"]), dict(last["best"])
+        stopped = bool(last.get("stopped_early"))
         log(f"resuming {out} after epoch {last['epoch']}")
-        if start > rc["epochs"]:
+        if stopped:
+            log(f"nothing to do: the run stopped early after epoch {last['epoch']} (no better validation GAP)")
+        elif start > rc["epochs"]:
             log(f"nothing to do: {last['epoch']} of {rc['epochs']} epochs already done")
 
-    all_ids = list(train_ids) + list(val_ids)
     cache = _dataset_bytes(store, all_ids) <= CACHE_LIMIT_BYTES
     train_ds = SequenceDataset(store, train_ids, train_y, len(vocab), cache=cache)
     val_ds = SequenceDataset(store, val_ids, val_y, len(vocab), cache=cache) if val_ids else None
+    bs = rc["batch_size"]
+    drop_last = len(train_ds) % bs == 1 and len(train_ds) > 1  # batch norm can't train on 1 sample
+    steps_per_epoch = len(train_ds) // bs if drop_last else math.ceil(len(train_ds) / bs)
+    total_steps = steps_per_epoch * rc["epochs"]
+    warm = warmup_steps(rc, steps_per_epoch, total_steps)
     if start == 1:
+        capped = (
+            f" (capped from {rc['batch_size_requested']} by the {len(train_ds)} training videos)"
+            if bs < rc["batch_size_requested"]
+            else ""
+        )
         log(
             f"training {rc['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) on "
             f"{len(train_ds)} videos, validating on {len(val_ds) if val_ds else 0}; {backbone['feature_dim']}-d "
-            f"{backbone['name'] or 'unknown'} features, {len(vocab)} classes; {rc['optimizer']} lr {rc['lr']:g}"
+            f"{backbone['name'] or 'unknown'} features ({sampling} sampling), {len(vocab)} classes"
+        )
+        log(
+            f"recipe {rc['recipe']}: {rc['optimizer']} lr {rc['lr']:.3g}, batch {bs}{capped}, {rc['schedule']} lr"
+            + (f" after {warm} warm-up steps" if warm else "")
+            + f", weight decay {rc['weight_decay']:g}"
+            + (f", clip {rc['clip_grad']:g}" if rc["clip_grad"] else "")
+            + (f", early stop after {rc['patience']} epochs without a better val GAP@20" if rc["patience"] else "")
         )
     loss_fn = nn.BCEWithLogitsLoss()
-    bs = rc["batch_size"]
     show = sys.stderr.isatty() if progress is None else progress
     metrics: dict[str, Any] = history[-1]["val"] if history else {}
+    constant_gap = _constant_gap(train_ds.targets, val_ds.targets) if val_ds else None
+    nonfinite: str | None = None
+    same_scores = False
+    vocab_d = {"names": list(vocab.names), "sha256": vocab.sha256}
 
     for epoch in range(start, rc["epochs"] + 1):
+        if stopped:
+            break
         t0 = time.perf_counter()
         # Every epoch's randomness depends on (seed, epoch) only: resuming reproduces an uninterrupted run.
         torch.manual_seed(rc["seed"] * 1_000_003 + epoch)
         gen = torch.Generator().manual_seed(rc["seed"] * 1_000_003 + epoch)
         loader = torch.utils.data.DataLoader(
-            train_ds,
-            batch_size=bs,
-            shuffle=True,
-            generator=gen,
-            collate_fn=pad_collate,
-            drop_last=len(train_ds) % bs == 1 and len(train_ds) > 1,  # batch norm can't train on 1 sample
+            train_ds, batch_size=bs, shuffle=True, generator=gen, collate_fn=pad_collate, drop_last=drop_last
         )
         model.train()
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{rc['epochs']}", leave=False, disable=not show, file=sys.stderr)
-        for batch in bar:
+        lr_first = None
+        bar = tqdm(
+            loader, desc=f"epoch {epoch}/{rc['epochs']}", unit="batch", leave=False, disable=not show, file=sys.stderr
+        )
+        for i, batch in enumerate(bar):
+            step = (epoch - 1) * steps_per_epoch + i
+            lr_now = rc["lr"] * lr_factor(step, rc, steps_per_epoch, total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr_now
+            lr_first = lr_now if lr_first is None else lr_first
             logits = model(batch["features"], batch["lengths"])
             loss = loss_fn(logits, batch["targets"])
             if not torch.isfinite(loss):
-                raise TrainError(f"epoch {epoch}: loss became {loss.item()} (lower the learning rate?)")
+                nonfinite = (
+                    f"diverged: the training loss became {loss.item()} at epoch {epoch}, step {i + 1} "
+                    f"(lr {lr_now:.2e}); training stopped there, best.pt/last.pt hold the last finite epoch. "
+                    "Lower the learning rate"
+                )
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if rc["clip_grad"]:
@@ -364,56 +522,87 @@ def _train(
             optimizer.step()
             n = batch["targets"].shape[0]
             total, count = total + loss.item() * n, count + n
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr_now:.1e}")
         bar.close()
-        lr_now = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
+        if nonfinite:
+            log(f"warning: {nonfinite}")
+            break
         train_loss = total / max(count, 1)
-        metrics = evaluate_all(predict_torch(model, val_ds, bs), val_ds.targets) if val_ds else {}
+        probs = predict_torch(model, val_ds, bs) if val_ds else None
+        if probs is not None and not np.isfinite(probs).all():
+            nonfinite = f"diverged: the network's validation scores became NaN/inf at epoch {epoch}"
+            log(f"warning: {nonfinite}")
+            break
+        metrics = evaluate_all(probs, val_ds.targets) if probs is not None else {}
+        same_scores = probs is not None and len(probs) > 1 and float(np.ptp(probs, axis=0).max()) < 1e-5
         entry = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "lr": lr_now,
+            "lr": lr_first if lr_first is not None else rc["lr"],
+            "lr_end": lr_now if count else rc["lr"],
             "seconds": time.perf_counter() - t0,
             "val": metrics,
         }
         history.append(entry)
-        gap = metrics.get("gap@20", -math.inf) if metrics else -math.inf
-        improved = val_ds is None or gap > best["gap@20"]
+        gap20 = metrics.get("gap@20", -math.inf) if metrics else -math.inf
+        improved = val_ds is None or gap20 > best["gap@20"]
         if improved:
-            best = {"epoch": epoch, "gap@20": gap if val_ds else None}
+            best = {"epoch": epoch, "gap@20": gap20 if val_ds else None}
+        patience = int(rc["patience"] or 0)
+        stale, floor = epoch - int(best["epoch"]), math.ceil(rc["epochs"] * float(rc.get("min_epochs_fraction") or 0))
+        stopped = val_ds is not None and patience > 0 and stale >= patience and floor <= epoch < rc["epochs"]
         ckpt = {
             "model": rc["model"],
             "model_config": model.config,
             "state_dict": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scheduler": {"step": epoch * steps_per_epoch, "steps_per_epoch": steps_per_epoch, "total": total_steps},
             "epoch": epoch,
             "train_loss": train_loss,
             "metrics": metrics,
             "history": history,
             "best": best,
-            "vocab": {"names": list(vocab.names), "sha256": vocab.sha256},
+            "stopped_early": stopped,
+            "vocab": vocab_d,
             "backbone": dict(backbone),
+            "sampling": sampling,
             "run_config": rc,
             "created": now_iso(),
         }
-        path = save_checkpoint(out / f"checkpoint_epoch{epoch}.pt", ckpt)
-        copy_checkpoint(path, out / "last.pt")
+        if keep == 0:
+            save_checkpoint(out / "last.pt", ckpt)
+        else:
+            path = save_checkpoint(out / f"checkpoint_epoch{epoch}.pt", ckpt)
+            copy_checkpoint(path, out / "last.pt")
+            if keep > 0:  # last.pt is a link of its own: it survives this
+                for old_ep in range(1, epoch - keep + 1):
+                    (out / f"checkpoint_epoch{old_ep}.pt").unlink(missing_ok=True)
         if improved:
-            copy_checkpoint(path, out / "best.pt")
-        if keep_checkpoints > 0:  # last.pt / best.pt are links of their own: they survive this
-            (out / f"checkpoint_epoch{epoch - keep_checkpoints}.pt").unlink(missing_ok=True)
-        (out / "history.json").write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+            save_checkpoint(out / "best.pt", weights_only(ckpt))
+        del ckpt
+        extra = {"best": best, "stopped_early": stopped, "constant_predictor_gap@20": constant_gap, "warnings": []}
+        _write_history(out, history, extra, plots)
         log(
             f"epoch {epoch}/{rc['epochs']}  loss {train_loss:.4f}  "
             + (f"val {_fmt_metrics(metrics)}" if metrics else "(no validation set)")
-            + f"  lr {lr_now:.2e}  {entry['seconds']:.1f}s"
+            + f"  lr {entry['lr']:.2e}  {entry['seconds']:.1f}s"
             + ("  *best*" if improved and val_ds else "")
         )
+        if stopped:
+            log(
+                f"early stop: no better validation GAP@20 for {rc['patience']} epochs "
+                f"(best {best['gap@20']:.4f} at epoch {best['epoch']})"
+            )
     store.close()
-    return TrainResult(out, max(0, rc["epochs"] - start + 1), history, best, metrics)
+    warnings = _learning_warnings(history, best, constant_gap, nonfinite, same_scores)
+    for w in warnings:
+        log(f"warning: {w}")
+    if history or warnings:
+        extra = {"best": best, "stopped_early": stopped, "constant_predictor_gap@20": constant_gap,
+                 "warnings": warnings}  # fmt: skip
+        _write_history(out, history, extra, plots)
+    epochs_run = sum(1 for h in history if h["epoch"] >= start)
+    return TrainResult(out, epochs_run, history, best, metrics, warnings, stopped)
 
 
-__all__ = ["TrainConfig", "TrainError", "TrainResult", "train"]
+__all__ = ["NotLearningError", "TrainConfig", "TrainError", "TrainResult", "train"]

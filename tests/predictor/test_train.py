@@ -2,7 +2,8 @@
 
 Proves the sequence models learn (order task: Attention-LSTM yes, frame pooling no; multi-label: NeXtVLAD),
 resume reproduces an uninterrupted run, a changed config is refused, fine-tuning to a new vocabulary keeps
-everything but the output layer, and bad input gets one clear error line.
+everything but the output layer, checkpoints stay lean, the frame-sampling policy travels into the exported
+manifest, a run that does not learn says so, and bad input gets one clear error line.
 """
 
 from __future__ import annotations
@@ -88,11 +89,20 @@ def test_nextvlad_learns_multilabel_exports_and_serves(
     task = tasks["multilabel"]
     torch_m = _test_gap(task, nextvlad_run / "best.pt", tmp_path)
     assert torch_m["gap@20"] >= 0.9, torch_m
-    for f in ["run_config.json", "history.json", "last.pt", "best.pt", *(f"checkpoint_epoch{i}.pt" for i in (1, 12))]:
+    for f in ["run_config.json", "history.json", "curves.png", "last.pt", "best.pt"]:
         assert (nextvlad_run / f).is_file(), f
+    assert not list(nextvlad_run.glob("checkpoint_epoch*.pt"))  # lean by default: best + last only
     history = json.loads((nextvlad_run / "history.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(1, 13))
-    assert all("gap@20" in h["val"] for h in history)
+    epochs = history["epochs"]
+    assert [h["epoch"] for h in epochs] == list(range(1, len(epochs) + 1)) and len(epochs) >= 6
+    assert all("gap@20" in h["val"] for h in epochs)
+    assert history["warnings"] == [] and history["constant_predictor_gap@20"] < history["best"]["gap@20"]
+    # best.pt: weights + what export needs, no optimiser state; last.pt: everything a resume needs.
+    best_ckpt = torch.load(nextvlad_run / "best.pt", weights_only=True)
+    last_ckpt = torch.load(nextvlad_run / "last.pt", weights_only=True)
+    assert best_ckpt["kind"] == "weights" and "optimizer" not in best_ckpt
+    assert last_ckpt["kind"] == "full" and last_ckpt["optimizer"]["state"]
+    assert best_ckpt["sampling"] == last_ckpt["sampling"] == "synthetic"
 
     model_dir = tmp_path / "exported"
     out = vt("export", "--checkpoint", nextvlad_run, "--out", model_dir)
@@ -104,6 +114,7 @@ def test_nextvlad_learns_multilabel_exports_and_serves(
     assert manifest["backbone"]["name"] == "synthetic-multilabel" and manifest["backbone"]["sha256"]
     assert manifest["vocabulary"]["sha256"] == Vocabulary.load(task.vocab).sha256
     assert manifest["onnx_parity_max_abs_diff"] <= 1e-4
+    assert manifest["sampling"] == "synthetic"  # the frame-sampling rule travels with the model
     onnx_m = _test_gap(task, model_dir, tmp_path)
     for key in ("gap@20", "hit@1", "mAP"):
         assert onnx_m[key] == pytest.approx(torch_m[key], abs=1e-4)
@@ -121,13 +132,34 @@ def _params(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, weights_only=True)["state_dict"]
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(epoch: int):  # noqa: ANN202 - a log callback that "kills" the run after an epoch's save
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {epoch}/"):
+            raise _Interrupt(line)
+
+    return log
+
+
 def test_resume_reproduces_uninterrupted_run_and_refuses_config_change(
     tasks: dict[str, SyntheticTask], tmp_path: Path
 ) -> None:
+    from predictor.train import TrainConfig, train
+
     task = tasks["multilabel"]
-    common = [*TINY_VLAD, "--val-fraction", 0.2, "--lr", "3e-3"]
+    common = [*TINY_VLAD, "--val-fraction", 0.2, "--lr", "3e-3", "--patience", 0]
     vt(*_train_args(task, tmp_path / "a", *common, "--epochs", 3))
-    vt(*_train_args(task, tmp_path / "b", *common, "--epochs", 2))
+    # Interrupted after epoch 2 (warm-up + cosine schedule, per-step lr), then resumed: bit-exact.
+    cfg = TrainConfig(
+        features=[str(task.stores["train"])], labels=str(task.labels["train"]), vocab=str(task.vocab),
+        model="nextvlad", model_config={"groups": 2, "clusters": 4, "hidden": 16, "gating_reduction": 4},
+        val_fraction=0.2, epochs=3, batch_size=32, lr=3e-3, patience=0,
+    )  # fmt: skip
+    with pytest.raises(_Interrupt):
+        train(cfg, tmp_path / "b", progress=False, log=_interrupt_after(2), threads=1)
     assert not (tmp_path / "b" / "checkpoint_epoch3.pt").exists()
     out = vt(*_train_args(task, tmp_path / "b", *common, "--epochs", 3, "--resume"))
     assert "resuming" in out and "epoch 3/3" in out
@@ -135,17 +167,24 @@ def test_resume_reproduces_uninterrupted_run_and_refuses_config_change(
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    # Another seed is another run (and --keep-checkpoints prunes old epochs, never last.pt / best.pt).
-    vt(*_train_args(task, tmp_path / "c", *common, "--epochs", 2, "--seed", 1, "--keep-checkpoints", 1))
-    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == ["best.pt", "checkpoint_epoch2.pt", "last.pt"]
-    a2, c2 = _params(tmp_path / "a" / "checkpoint_epoch2.pt"), _params(tmp_path / "c" / "last.pt")
+    lr_a, lr_b = (torch.load(tmp_path / r / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+                  for r in ("a", "b"))  # fmt: skip
+    assert lr_a == lr_b
+    # Another seed is another run; --keep-checkpoints N keeps N full per-epoch checkpoints besides last/best.
+    vt(*_train_args(task, tmp_path / "c", *common, "--epochs", 3, "--seed", 1, "--keep-checkpoints", 1))
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == ["best.pt", "checkpoint_epoch3.pt", "last.pt"]
+    a2, c2 = _params(tmp_path / "a" / "last.pt"), _params(tmp_path / "c" / "last.pt")
     assert not torch.equal(a2["classifier.weight"], c2["classifier.weight"])
     _params(tmp_path / "c" / "best.pt")
+    vt(*_train_args(task, tmp_path / "d", *common, "--epochs", 2, "--keep-checkpoints", "all"))
+    assert sorted(p.name for p in (tmp_path / "d").glob("checkpoint_epoch*.pt")) == [
+        "checkpoint_epoch1.pt", "checkpoint_epoch2.pt"
+    ]  # fmt: skip
 
     # A resume with another config is refused and says what changed; the run dir is left alone.
     saved = (tmp_path / "b" / "run_config.json").read_text()
     out = vt(*_train_args(task, tmp_path / "b", *TINY_VLAD, "--val-fraction", 0.2, "--lr", "1e-2", "--epochs", 4,
-                          "--resume"), code=2)  # fmt: skip
+                          "--patience", 0, "--resume"), code=2)  # fmt: skip
     assert "refusing to resume" in out and "lr: 0.003 -> 0.01" in out
     assert (tmp_path / "b" / "run_config.json").read_text() == saved
     out = vt(*_train_args(task, tmp_path / "b", *common, "--epochs", 3), code=2)
@@ -219,3 +258,58 @@ def test_bad_input_is_one_clear_error(tasks: dict[str, SyntheticTask], tmp_path:
     out = vt("train", "-f", store, "-l", tmp_path / "nan.txt", "-v", task.vocab, "-o", tmp_path / "r5", "-m",
              "frame_pool", "--epochs", 1, "--val-fraction", 0, code=2)  # fmt: skip
     assert "video 'n2': features contain NaN" in out
+
+
+def _flat_store(tmp: Path, n: int = 24, sampling: dict[int, str] | None = None) -> tuple[Path, Path, Path]:
+    """n videos whose features are all the same (nothing to learn from), labels 0/1/2 in turn; 3-class vocab."""
+    sampling = sampling or {}
+    recs = [
+        FeatureRecord(f"f{i:03d}", np.ones((6, 8), np.float32), f"/flat/{i}.mp4", backbone="flat",
+                      sampling=sampling.get(i, "segment"))
+        for i in range(n)
+    ]  # fmt: skip
+    store = write_shard(tmp / "flat.h5", recs)
+    labels = tmp / "flat.txt"
+    labels.write_text("".join(f"f{i:03d} {i % 3}\n" for i in range(n)))
+    vocab = tmp / "flat_vocab.txt"
+    Vocabulary(("a", "b", "c")).save(vocab)
+    return store, labels, vocab
+
+
+def test_not_learning_is_reported_and_fails_on_request(tmp_path: Path) -> None:
+    store, labels, vocab = _flat_store(tmp_path)
+    base = ["train", "-f", store, "-l", labels, "-v", vocab, "-m", "frame_pool", "--val-fraction", 0.25,
+            "--threads", 1, "--no-progress"]  # fmt: skip
+    out = vt(*base, "-o", tmp_path / "r", "--epochs", 6, "--patience", 2)
+    assert "warning: not learning" in out and "constant predictor" in out and "collapsed" in out
+    assert "early stop" in out and "epoch 3/6" in out and "epoch 4/6" not in out
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert history["stopped_early"] and len(history["epochs"]) == 3
+    assert any("constant predictor" in w for w in history["warnings"])
+    rc = json.loads((tmp_path / "r" / "run_config.json").read_text())
+    assert rc["recipe"] == "default" and rc["sampling"] == "segment" and rc["batch_size"] == 2  # 18 train // 8
+    out = vt(*base, "-o", tmp_path / "r", "--epochs", 6, "--patience", 2, "--resume")
+    assert "nothing to do: the run stopped early" in out
+    # For pipelines: a non-zero exit (3) with one line.
+    out = vt(*base, "-o", tmp_path / "r2", "--epochs", 2, "--fail-if-not-learning", code=3)
+    assert "error: training did not learn" in out
+    assert (tmp_path / "r2" / "history.json").is_file() and (tmp_path / "r2" / "best.pt").is_file()
+
+
+def test_divergence_stops_with_a_warning(tmp_path: Path) -> None:
+    store, labels, vocab = _flat_store(tmp_path)
+    out = vt("train", "-f", store, "-l", labels, "-v", vocab, "-o", tmp_path / "r", "-m", "frame_pool",
+             "--optimizer", "sgd", "--lr", "1e38", "--clip-grad", 0, "--warmup-steps", 0, "--epochs", 5,
+             "--threads", 1, "--no-progress", "--fail-if-not-learning", code=3)  # fmt: skip
+    assert "diverged" in out
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert any(w.startswith("diverged") for w in history["warnings"])
+
+
+def test_mixed_sampling_policies_are_refused(tmp_path: Path) -> None:
+    store, labels, vocab = _flat_store(tmp_path, n=12, sampling={0: "uniform", 5: "uniform", 7: "timestamp"})
+    out = vt("train", "-f", store, "-l", labels, "-v", vocab, "-o", tmp_path / "r", "-m", "frame_pool",
+             "--epochs", 1, "--no-progress", code=2)  # fmt: skip
+    assert "different frame-sampling policies" in out
+    assert "9 video(s) 'segment'" in out and "2 video(s) 'uniform'" in out and "1 video(s) 'timestamp'" in out
+    assert not (tmp_path / "r" / "run_config.json").exists()
