@@ -310,6 +310,16 @@ def tag(
     show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
     lang: Lang = None,
+    visualize: Annotated[
+        Path | None,
+        typer.Option(
+            "--visualize", help="Write a PNG contact sheet per video here (sampled frames + the top tags as bars)."
+        ),
+    ] = None,
+    visualize_video: Annotated[
+        bool,
+        typer.Option("--visualize-video", help="With --visualize: also an MP4 copy with the top tags drawn on it."),
+    ] = False,
     verbose: Verbose = 0,
 ) -> None:
     """Tag videos: decode, sample frames, CNN features, predictor -> ranked {class_id, class_name, probability}.
@@ -317,12 +327,37 @@ def tag(
     Exit status is 1 when any video failed; every failure is reported with its path and reason.
     """
     setup_logging(verbose)
+    if visualize_video and visualize is None:
+        fail("--visualize-video needs --visualize DIR (where to write the pictures)")
     settings = make_settings(
         topk=topk, threshold=threshold, frames=frames, batch_size=batch_size, sampling=sampling, lang=lang
     )
     _ensure_defaults(settings, model)
     sources = pipeline.expand_inputs(inputs or [], filelist)
-    raise typer.Exit(_run(sources, settings, model, out_dir, features, True, show, as_json))
+    if visualize is None:
+        raise typer.Exit(_run(sources, settings, model, out_dir, features, True, show, as_json))
+    if not sources:
+        fail("no input videos (give files, directories, URLs or --filelist)")
+    results = _visualizing(pipeline.tag_sources(sources, settings, model, features_out=features), visualize,
+                           visualize_video)  # fmt: skip
+    note = (f"; features in {features}" if features else "") + f"; pictures in {visualize}"
+    raise typer.Exit(_report(results, len(sources), "tagging", out_dir, show, as_json, note))
+
+
+def _visualizing(results: Iterable[VideoResult], out_dir: Path, video: bool) -> Iterable[VideoResult]:
+    """Pass results through; after each ok one is reported, draw its pictures (a failure is a warning line)."""
+    from videotag.visualize import visualize_result
+
+    used: set[str] = set()
+    for res in results:
+        yield res
+        if not res.ok:
+            continue
+        try:
+            for path in visualize_result(res, out_dir, video=video, used=used):
+                console.print(f"[dim]wrote {path}[/]")
+        except VideotagError as e:
+            console.print(f"[yellow]warning:[/] no pictures for {res.source}: {e}")
 
 
 @app.command()
