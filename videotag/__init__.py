@@ -1,7 +1,45 @@
 """videotag: two-stage video tagging (frame features -> sequence model -> ranked tags).
 
-The shared package holds what every door (CLI, API, Celery) uses: settings, the feature-store format,
-vocabularies, model manifests, the result schema and the pipeline functions.
+From Python::
+
+    from videotag import Tagger
+
+    tagger = Tagger()                          # model="imagenet_framepool", device="auto"
+    for r in tagger.tag(["a.mp4", "clips/"]):  # files, directories, URLs; one result each, in order
+        print(r.source, r.tags[:3] if r.ok else r.error)
+
+See `help(videotag.Tagger)`. The shared package also holds what every door (CLI, API, Celery) uses: settings,
+the feature-store format, vocabularies, model manifests, the result schema and the pipeline functions.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+__all__ = ["Tag", "Tagger", "VideoResult", "VideotagError", "__version__"]
+
+if TYPE_CHECKING:
+    from videotag.errors import VideotagError
+    from videotag.schema import Tag, VideoResult
+    from videotag.tagger import Tagger
+
+_LAZY = {
+    "Tagger": "videotag.tagger",
+    "VideoResult": "videotag.schema",
+    "Tag": "videotag.schema",
+    "VideotagError": "videotag.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import videotag.settings` (the API, the workers) must not load ONNX Runtime and the decoders.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'videotag' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -19,13 +19,12 @@ from predictor.export import export_predictor
 from predictor.models import create_model
 from videotag.errors import ManifestError
 from videotag.manifest import add_vocabularies, backbone_id, read_manifest
-from videotag.settings import REPO_ROOT
-from videotag.vocab import Vocabulary
+from videotag.vocab import LABELS_DIR, Vocabulary
 
 log = logging.getLogger(__name__)
 BACKBONE = "efficientnet_lite0"
 PREDICTOR = "imagenet_framepool"
-IMAGENET_LABELS = REPO_ROOT / "labels" / "imagenet1k.txt"
+IMAGENET_LABELS = LABELS_DIR / "imagenet1k.txt"
 
 
 def _valid(model_dir: Path, kind: str, **want) -> bool:

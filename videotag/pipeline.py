@@ -150,12 +150,12 @@ def _load_predictor(path: str, providers: tuple[str, ...], threads: int) -> Onnx
 
 def get_extractor(settings: Settings, model: str | None = None) -> FrameExtractor:
     bdir = backbone_dir_for(settings, model)
-    return _load_extractor(str(bdir.resolve()), tuple(settings.providers), settings.intra_op_threads)
+    return _load_extractor(str(bdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
 
 
 def get_predictor(settings: Settings, model: str | None = None) -> OnnxPredictor:
     pdir = settings.resolve_model_dir(model or settings.model)
-    return _load_predictor(str(pdir.resolve()), tuple(settings.providers), settings.intra_op_threads)
+    return _load_predictor(str(pdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
 
 
 def sampling_for(settings: Settings, model: str | None = None) -> str | None:

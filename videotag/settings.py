@@ -1,7 +1,8 @@
 """One pydantic Settings object feeds the CLI, the API and the workers.
 
 Every field can be set from the environment with the `VIDEOTAG_` prefix (e.g. `VIDEOTAG_REDIS_URL`,
-`VIDEOTAG_API_KEYS='["k1","k2"]'`) or from a `.env` file in the working directory.
+`VIDEOTAG_API_KEYS='["k1","k2"]'`) or, for the CLI and the service, from a `.env` file in the working directory
+(the library's `Tagger` reads the environment only: `Settings(_env_file=None, ...)`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,24 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+def is_source_checkout() -> bool:
+    """True when running from the repository (editable install or PYTHONPATH), False from an installed wheel."""
+    return (REPO_ROOT / "weights").is_dir() or (
+        (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "videotag" / "__init__.py").is_file()
+    )
+
+
+def user_data_dir() -> Path:
+    """`$XDG_DATA_HOME/videotag`, else `~/.local/share/videotag`."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "videotag"
 
 
 def _default_weights_dir() -> Path:
-    return REPO_ROOT / "weights"
+    """`REPO/weights` in a source checkout (the Makefile, README and tests use it); else a per-user directory."""
+    return REPO_ROOT / "weights" if is_source_checkout() else user_data_dir() / "weights"
 
 
 def _default_cache_dir() -> Path:
@@ -29,7 +44,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDEOTAG_", env_file=".env", extra="ignore")
 
     # --- models -------------------------------------------------------------------------------------
-    weights_dir: Path = Field(default_factory=_default_weights_dir, description="Where exported models live.")
+    weights_dir: Path = Field(
+        default_factory=_default_weights_dir,
+        description="Where exported models live (default: weights/ in a source checkout, else "
+        "$XDG_DATA_HOME/videotag/weights or ~/.local/share/videotag/weights).",
+    )
     cache_dir: Path = Field(
         default_factory=_default_cache_dir, description="Downloaded model archives (resumable; reused by setup)."
     )
@@ -39,7 +58,13 @@ class Settings(BaseSettings):
     )
     providers: list[str] = Field(
         default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-        description="ONNX Runtime providers in order of preference; missing ones are skipped.",
+        description="ONNX Runtime providers in order of preference for device=auto; missing ones are skipped. "
+        "A list without CPUExecutionProvider is strict (an error, not a CPU fallback). Prefer `device`.",
+    )
+    device: Device = Field(
+        "auto",
+        description="Where the models run: auto (GPU when usable, else CPU; logs which), cpu, cuda or tensorrt "
+        "(cuda/tensorrt are errors where unavailable, never a silent CPU fallback).",
     )
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = all cores).")
 
@@ -77,6 +102,13 @@ class Settings(BaseSettings):
     tag_timeout_s: float = Field(300.0, description="How long POST /v1/tag waits for its result.")
     task_soft_time_limit_s: int = Field(1800)
     task_time_limit_s: int = Field(2100)
+
+    @property
+    def onnx_providers(self) -> tuple[str, ...]:
+        """The ONNX Runtime providers `device` (or, for auto, `providers`) asks for, in order."""
+        from videotag.runtime import providers_for
+
+        return providers_for(self.device, self.providers)
 
     @property
     def features_dir(self) -> Path:

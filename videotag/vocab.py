@@ -7,7 +7,17 @@ from pathlib import Path
 
 from videotag.hashing import sha256_bytes
 
-LABELS_DIR = Path(__file__).resolve().parent.parent / "labels"
+
+def _labels_dir() -> Path:
+    """The shipped vocabularies: the checkout's `labels/` (source, editable install), else the copy a wheel
+    installs as package data (`videotag/_labels/`, mapped from `labels/` in setup.py)."""
+    checkout = Path(__file__).resolve().parent.parent / "labels"
+    if (checkout / "imagenet1k.txt").is_file():
+        return checkout
+    return Path(__file__).resolve().parent / "_labels"
+
+
+LABELS_DIR = _labels_dir()
 # VideoTag's 3396 labels as released (Chinese) and our English translation: same ids, line for line.
 VIDEOTAG_LABELS = {"zh": LABELS_DIR / "videotag_3396_zh.txt", "en": LABELS_DIR / "videotag_3396_en.txt"}
 

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
 from videotag.errors import VideotagError
-from videotag.settings import Settings
+from videotag.settings import Device, Settings
 
 console = Console(stderr=True)
 out = Console()
+
+DeviceOpt = Annotated[
+    Device | None,
+    typer.Option(
+        "--device",
+        help="Where the models run: auto (a GPU when usable, else the CPU), cpu, cuda or tensorrt; cuda/tensorrt "
+        "are an error where unavailable, never a CPU fallback [default: VIDEOTAG_DEVICE, else auto].",
+    ),
+]
 
 
 def setup_logging(verbose: int = 0) -> None:

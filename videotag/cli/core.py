@@ -15,7 +15,7 @@ from rich.table import Table
 from videotag import pipeline
 from videotag.catalog import AVAILABLE
 from videotag.cli.app import app
-from videotag.cli.common import console, fail, guard, make_settings, out, setup_logging
+from videotag.cli.common import DeviceOpt, console, fail, guard, make_settings, out, setup_logging
 from videotag.errors import VideotagError
 from videotag.schema import VideoResult
 from videotag.settings import Settings
@@ -300,6 +300,7 @@ def tag(
     frames: Frames = None,
     batch_size: BatchSize = None,
     sampling: Sampling = None,
+    device: DeviceOpt = None,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Write results.jsonl + one VideoTag-format JSON per video here."),
@@ -330,7 +331,13 @@ def tag(
     if visualize_video and visualize is None:
         fail("--visualize-video needs --visualize DIR (where to write the pictures)")
     settings = make_settings(
-        topk=topk, threshold=threshold, frames=frames, batch_size=batch_size, sampling=sampling, lang=lang
+        topk=topk,
+        threshold=threshold,
+        frames=frames,
+        batch_size=batch_size,
+        sampling=sampling,
+        lang=lang,
+        device=device,
     )
     _ensure_defaults(settings, model)
     sources = pipeline.expand_inputs(inputs or [], filelist)
@@ -374,11 +381,12 @@ def extract(
     frames: Frames = None,
     batch_size: BatchSize = None,
     sampling: Sampling = None,
+    device: DeviceOpt = None,
     verbose: Verbose = 0,
 ) -> None:
     """Stage 1 only: videos -> per-frame features in an HDF5 feature store."""
     setup_logging(verbose)
-    settings = make_settings(frames=frames, batch_size=batch_size, sampling=sampling)
+    settings = make_settings(frames=frames, batch_size=batch_size, sampling=sampling, device=device)
     _ensure_defaults(settings, model)
     sources = pipeline.expand_inputs(inputs or [], filelist)
     raise typer.Exit(_run(sources, settings, model, None, out_path, False, 0, False))
@@ -398,11 +406,12 @@ def predict(
     show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
     lang: Lang = None,
+    device: DeviceOpt = None,
     verbose: Verbose = 0,
 ) -> None:
     """Stage 2 only: ranked tags from stored features (no decoding). Refuses features of another backbone."""
     setup_logging(verbose)
-    settings = make_settings(topk=topk, threshold=threshold, lang=lang)
+    settings = make_settings(topk=topk, threshold=threshold, lang=lang, device=device)
     _ensure_defaults(settings, model)
     wanted = pipeline.read_filelist(ids) if ids else None
     results = pipeline.predict_store(stores, settings, model, wanted)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from videotag.cli.app import app
-from videotag.cli.common import console, fail, guard, make_settings, out, setup_logging
+from videotag.cli.common import DeviceOpt, console, fail, guard, make_settings, out, setup_logging
 from videotag.settings import Settings, get_settings
 
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: info logs, -vv: debug.")]
@@ -50,6 +50,7 @@ def serve(
         int | None, typer.Option(help="Also expose the embedded Redis on this TCP port (for remote workers).")
     ] = None,
     workers: Annotated[bool, typer.Option(help="Start the extract and predict workers here.")] = True,
+    device: DeviceOpt = None,
     verbose: Verbose = 0,
 ) -> None:
     """Run the whole service: embedded Redis (unless VIDEOTAG_REDIS_URL is set), API, extract + predict workers."""
@@ -57,7 +58,7 @@ def serve(
     from videotag.cli.core import _ensure_defaults
     from videotag.service import Service
 
-    settings = make_settings(data_dir=data_dir)
+    settings = make_settings(data_dir=data_dir, device=device)  # the workers get it as VIDEOTAG_DEVICE
     _ensure_defaults(settings, None)
     svc = Service(settings, host=host, port=port, extract_concurrency=extract_workers,
                   predict_concurrency=predict_workers, redis_port=redis_port, workers=workers)  # fmt: skip
@@ -82,8 +83,11 @@ def worker(
     events: Annotated[bool, typer.Option("--events", "-E", help="Send task events (Flower).")] = False,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. extract@%h.")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Start a Celery worker for the extract and/or predict queue on the configured Redis."""
+    if device:
+        os.environ["VIDEOTAG_DEVICE"] = device  # the tasks read get_settings()
     settings = make_settings(data_dir=data_dir)
     _connect(settings)
     from workers.__main__ import main as worker_main
