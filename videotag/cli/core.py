@@ -36,22 +36,10 @@ ModelOpt = Annotated[
 
 
 def _ensure_defaults(settings: Settings, model: str | None) -> None:
-    """Export the default models on first use, so `tag` works right after install."""
-    from videotag import defaults
+    """Export the default models on first use, so `tag` works right after install (the Tagger's rule)."""
+    from videotag.tagger import ensure_default_models
 
-    name = model or settings.model
-    names = {name}
-    try:
-        if not (settings.resolve_model_dir(name) / "backbone" / "manifest.json").is_file():
-            names.add(settings.backbone)  # the model has no backbone of its own
-    except VideotagError:
-        names.add(settings.backbone)
-    if names & {defaults.BACKBONE, defaults.PREDICTOR} and not (
-        (settings.weights_dir / defaults.BACKBONE / "manifest.json").is_file()
-        and (settings.weights_dir / defaults.PREDICTOR / "manifest.json").is_file()
-    ):
-        console.print(f"exporting the default models to {settings.weights_dir} (once)…")
-        defaults.export_defaults(settings.weights_dir)
+    ensure_default_models(settings.model_copy(update={"model": model}) if model else settings)
 
 
 @app.command(
