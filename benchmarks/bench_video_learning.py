@@ -182,8 +182,26 @@ def history_summary(run: Path) -> dict:
     return out
 
 
+def code_state() -> str:
+    """HEAD commit, plus a hash of the uncommitted changes to predictor/ and videotag/ if any (what trained)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    diff = subprocess.run(["git", "diff", "HEAD", "--", "predictor", "videotag", "extractor"], cwd=ROOT,
+                          capture_output=True)  # fmt: skip
+    state = head.stdout.strip() or "unknown"
+    if diff.stdout:
+        state += "+dirty:" + hashlib.sha256(diff.stdout).hexdigest()[:8]
+    return state
+
+
 def run_task(
-    size: str, task: str, root: Path, models: list[str], epochs: int, jobs: int, prepare_only: bool = False
+    size: str,
+    task: str,
+    root: Path,
+    models: list[str],
+    epochs: int,
+    jobs: int,
+    prepare_only: bool = False,
+    reuse: bool = False,
 ) -> list[dict]:
     s = SIZES[size]
     task_dir = root / size / task
@@ -203,8 +221,9 @@ def run_task(
     if prepare_only:
         return []
     chance = chance_gap(labels["test"], len(task_vocab(task)))
-    runs_dir = task_dir / "runs"
+    runs_dir = task_dir / f"runs_e{epochs}"
     rows: list[dict] = []
+    git = code_state()
 
     def evaluate(model_ref: Path, name: str) -> dict:
         report = runs_dir / f"test_{name}.json"
@@ -212,23 +231,30 @@ def run_task(
                  "-o", str(report))  # fmt: skip
         return json.loads(report.read_text())["metrics"]
 
-    for model in models:
+    for model in (m for m in models if m in MODELS):
         run = runs_dir / model
-        if run.exists():
-            shutil.rmtree(run)
-        run.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        videotag("train", "-f", str(stores["train"]), "-f", str(stores["val"]), "-l", str(labels["train"]),
-                 "--val-labels", str(labels["val"]), "-v", str(vocab), "-m", model, "-o", str(run),
-                 "--epochs", str(epochs), log=runs_dir / f"train_{model}.log")  # fmt: skip
-        train_s = time.perf_counter() - t0
+        done = run / "bench_train.json"
+        if reuse and done.exists() and (run / "best.pt").exists():
+            info = json.loads(done.read_text())
+            print(f"[{size}/{task}] {model}: reusing the finished run {run}", file=sys.stderr, flush=True)
+        else:
+            if run.exists():
+                shutil.rmtree(run)
+            run.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            videotag("train", "-f", str(stores["train"]), "-f", str(stores["val"]), "-l", str(labels["train"]),
+                     "--val-labels", str(labels["val"]), "-v", str(vocab), "-m", model, "-o", str(run),
+                     "--epochs", str(epochs), log=runs_dir / f"train_{model}.log")  # fmt: skip
+            info = {"train_s": round(time.perf_counter() - t0, 1), "code": git,
+                    "torch_threads_env": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
+            done.write_text(json.dumps(info) + "\n")
         m = evaluate(run / "best.pt", model)
         rows.append({"size": size, "task": task, "model": model, "gap@20": m["gap@20"], "hit@1": m["hit@1"],
-                     "mAP": m["mAP"], "train_s": round(train_s, 1), "epochs": epochs, "chance_gap@20": chance,
+                     "mAP": m["mAP"], "epochs": epochs, "chance_gap@20": chance, **info,
                      "history": history_summary(run)})  # fmt: skip
-        print(f"[{size}/{task}] {model:15s} GAP@20 {m['gap@20']:.3f} (chance {chance:.3f}) train {train_s:.0f}s",
-              file=sys.stderr, flush=True)  # fmt: skip
-    if all(mm in models for mm in ENSEMBLE_MEMBERS):
+        print(f"[{size}/{task}] {model:15s} GAP@20 {m['gap@20']:.3f} (chance {chance:.3f}) "
+              f"train {info['train_s']:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+    if "ensemble" in models:
         t0 = time.perf_counter()
         exported = []
         for mm in ENSEMBLE_MEMBERS:
@@ -244,7 +270,7 @@ def run_task(
         members = "+".join(ENSEMBLE_MEMBERS)
         rows.append({"size": size, "task": task, "model": f"ensemble ({members})", "gap@20": m["gap@20"],
                      "hit@1": m["hit@1"], "mAP": m["mAP"], "train_s": round(build_s, 1), "epochs": epochs,
-                     "chance_gap@20": chance, "note": "train s = export + ensemble build"})  # fmt: skip
+                     "chance_gap@20": chance, "code": git, "note": "train s = export + ensemble build"})  # fmt: skip
         print(f"[{size}/{task}] ensemble        GAP@20 {m['gap@20']:.3f}", file=sys.stderr, flush=True)
     return rows
 
@@ -252,14 +278,14 @@ def run_task(
 # ---------------------------------------------------------------- verdicts, table
 def verdicts(rows: list[dict]) -> list[str]:
     failed = []
-    by = {(r["size"], r["task"], r["model"].split(" ")[0]): r for r in rows}
+    by = {(r["size"], r["task"], r["model"].split(" ")[0], r["epochs"]): r for r in rows}
 
     def check(r: dict, ok: bool, what: str) -> None:
         r["criterion"] = f"{what}: {'PASS' if ok else 'FAIL'}"
         if not ok:
             failed.append(f"{r['size']}/{r['task']}/{r['model']}: GAP@20 {r['gap@20']:.3f}, want {what}")
 
-    for (size, task, model), r in by.items():
+    for (size, task, model, epochs), r in by.items():
         if task == "order" and model == "attention_lstm":
             check(r, r["gap@20"] >= 0.95, ">= 0.95")
         elif task == "order" and model in ("frame_pool", "nextvlad"):
@@ -268,17 +294,17 @@ def verdicts(rows: list[dict]) -> list[str]:
         elif task == "multilabel" and model in ("nextvlad", "attention_lstm"):
             check(r, r["gap@20"] >= 0.95, ">= 0.95")
         elif task == "multilabel" and model == "ensemble":
-            best = max((by[(size, task, mm)]["gap@20"] for mm in ENSEMBLE_MEMBERS if (size, task, mm) in by),
+            best = max((by[k]["gap@20"] for mm in ENSEMBLE_MEMBERS if (k := (size, task, mm, epochs)) in by),
                        default=0.0)  # fmt: skip
             check(r, r["gap@20"] >= 0.95 and r["gap@20"] >= best, f">= 0.95 and >= best member {best:.3f}")
     return failed
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| size | task | model | held-out GAP@20 | Hit@1 | chance GAP@20 | train s | criterion |\n"
-            "|---|---|---|---|---|---|---|---|")  # fmt: skip
+    head = ("| size | task | epochs | model | held-out GAP@20 | Hit@1 | chance GAP@20 | train s | criterion |\n"
+            "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = [
-        f"| {r['size']} | {r['task']} | {r['model']} | {r['gap@20']:.3f} | {r['hit@1']:.3f} | "
+        f"| {r['size']} | {r['task']} | {r['epochs']} | {r['model']} | {r['gap@20']:.3f} | {r['hit@1']:.3f} | "
         f"{r['chance_gap@20']:.3f} | {r['train_s']:.0f} | {r.get('criterion', '')} |"
         for r in rows
     ]
@@ -290,7 +316,15 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--root", type=Path, default=Path("/tmp/vlbench"))
     ap.add_argument("--tasks", default="order,multilabel")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument(
+        "--models",
+        default=",".join((*MODELS, "ensemble")),
+        help="'ensemble' = export + fuse + evaluate "
+        "the nextvlad and attention_lstm runs (trained now or, with --reuse-runs, earlier)",
+    )
+    ap.add_argument(
+        "--reuse-runs", action="store_true", help="evaluate finished runs of the same epochs, no retraining"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="default: 10 (the CLI default)")
     ap.add_argument("--prepare-only", action="store_true", help="write videos + extract features, no training")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes writing videos")
@@ -301,7 +335,8 @@ def main() -> None:
           f"@ {FPS} fps, extract --frames {SAMPLED}, --epochs {epochs}", file=sys.stderr)  # fmt: skip
     rows = []
     for task in args.tasks.split(","):
-        rows += run_task(args.size, task, args.root, args.models.split(","), epochs, args.jobs, args.prepare_only)
+        rows += run_task(args.size, task, args.root, args.models.split(","), epochs, args.jobs, args.prepare_only,
+                         args.reuse_runs)  # fmt: skip
     if args.prepare_only:
         return
     # merge with earlier results of other sizes/tasks/models (several runs may finish at once: lock)
@@ -309,10 +344,10 @@ def main() -> None:
     lock = open(args.root / ".results.lock", "w")  # noqa: SIM115 - held until exit
     fcntl.flock(lock, fcntl.LOCK_EX)
     old = json.loads(res_json.read_text()) if res_json.exists() else []
-    keys = {(r["size"], r["task"], r["model"]) for r in rows}
-    merged = [r for r in old if (r["size"], r["task"], r["model"]) not in keys] + rows
+    keys = {(r["size"], r["task"], r["model"], r["epochs"]) for r in rows}
+    merged = [r for r in old if (r["size"], r["task"], r["model"], r["epochs"]) not in keys] + rows
     order = {"small": 0, "large": 1}
-    merged.sort(key=lambda r: (order.get(r["size"], 9), r["task"] != "order", r["model"].startswith("ensemble"),
+    merged.sort(key=lambda r: (order.get(r["size"], 9), r["task"] != "order", r["epochs"],
                                MODELS.index(r["model"]) if r["model"] in MODELS else 9))  # fmt: skip
     failed = verdicts(merged)
     res_json.write_text(json.dumps(merged, indent=2) + "\n")
