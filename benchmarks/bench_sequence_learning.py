@@ -9,6 +9,7 @@ Pass criteria (exit code 1 otherwise):
     order       attention_lstm GAP >= 0.9, frame_pool GAP <= 0.65 (chance is ~0.5: both classes hold the
                 same frames, only their order differs)
     multilabel  nextvlad GAP >= 0.9
+    (--size tiny, 90 training sequences: attention_lstm order >= 0.7, nextvlad multilabel >= 0.6)
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ CRITERIA = {  # (task, model): (metric, op, bound)
     ("order", "attention_lstm"): ("gap@20", ">=", 0.9),
     ("order", "frame_pool"): ("gap@20", "<=", 0.65),
     ("multilabel", "nextvlad"): ("gap@20", ">=", 0.9),
+}
+# 90 training sequences: the models must clearly beat chance, not master the task.
+CRITERIA_TINY = {
+    ("order", "attention_lstm"): ("gap@20", ">=", 0.7),
+    ("order", "frame_pool"): ("gap@20", "<=", 0.65),
+    ("multilabel", "nextvlad"): ("gap@20", ">=", 0.6),
 }
 
 
@@ -85,10 +92,11 @@ def run(size: str, out: Path, seed: int, threads: int) -> list[dict]:
     return rows
 
 
-def verdicts(rows: list[dict]) -> list[str]:
+def verdicts(rows: list[dict], size: str = "full") -> list[str]:
     failed = []
+    criteria = CRITERIA_TINY if size == "tiny" else CRITERIA
     for r in rows:
-        crit = CRITERIA.get((r["task"], r["model"]))
+        crit = criteria.get((r["task"], r["model"]))
         if crit:
             key, op, bound = crit
             ok = r[key] >= bound if op == ">=" else r[key] <= bound
@@ -128,7 +136,7 @@ def main() -> None:
             file=sys.stderr,
         )
         rows = run(args.size, out, args.seed, args.threads)
-    failed = verdicts(rows)
+    failed = verdicts(rows, args.size)
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

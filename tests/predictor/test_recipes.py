@@ -16,16 +16,20 @@ def test_default_recipe_caps_the_batch_and_scales_the_lr() -> None:
     big = resolve_recipe("default", "nextvlad", 1_000_000, NONE)
     assert big["optimizer"] == "adamw" and big["batch_size"] == 64 and big["lr"] == pytest.approx(2.5e-4)
     assert big["schedule"] == "cosine" and big["clip_grad"] == 1.0 and big["patience"] > 0
-    small = resolve_recipe("default", "nextvlad", 150, NONE)  # 150 // 8 = 18 videos per batch
-    assert small["batch_size"] == 18 and small["batch_size_requested"] == 64
-    assert small["lr"] == pytest.approx(2.5e-4 * math.sqrt(18 / 64))
+    small = resolve_recipe("default", "nextvlad", 500, NONE)  # 500 // 16 = 31 videos per batch
+    assert small["batch_size"] == 31 and small["batch_size_requested"] == 64
+    assert small["lr"] == pytest.approx(2.5e-4 * math.sqrt(31 / 64))
+    # Under 16 videos per batch the lr is scaled as for 16 (a small set has few steps to learn in).
+    assert resolve_recipe("default", "nextvlad", 150, NONE)["lr"] == pytest.approx(2.5e-4 * 0.5)
     tiny = resolve_recipe("default", "attention_lstm", 9, NONE)
     assert tiny["batch_size"] == 2 and 0 < tiny["lr"] < resolve_recipe("default", "attention_lstm", 10**6, NONE)["lr"]
-    # Explicit options win: an explicit lr is used as given (no scaling), an explicit batch is still capped.
+    # Explicit options win: an explicit lr is used as given (no scaling), an explicit batch is not capped
+    # (unless asked), only limited to the set's size.
     mine = resolve_recipe("default", "nextvlad", 150, {**NONE, "lr": 1e-4, "batch_size": 16, "optimizer": "adam"})
     assert mine["lr"] == 1e-4 and mine["batch_size"] == 16 and mine["optimizer"] == "adam"
-    assert resolve_recipe("default", "nextvlad", 150, {**NONE, "batch_size": 100})["batch_size"] == 18
-    assert resolve_recipe("default", "nextvlad", 150, {**NONE, "batch_size": 100}, cap_batch=False)["batch_size"] == 100
+    assert resolve_recipe("default", "nextvlad", 150, {**NONE, "batch_size": 100})["batch_size"] == 100
+    assert resolve_recipe("default", "nextvlad", 150, {**NONE, "batch_size": 100}, cap_batch=True)["batch_size"] == 9
+    assert resolve_recipe("default", "nextvlad", 150, {**NONE, "batch_size": 500})["batch_size"] == 150
 
 
 def test_videotag_recipe_is_videotags() -> None:
@@ -34,7 +38,7 @@ def test_videotag_recipe_is_videotags() -> None:
     assert (r["schedule"], r["lr_step"], r["lr_gamma"], r["patience"], r["clip_grad"]) == ("step", 5, 0.1, 0, None)
     # Not capped by the data unless asked (a batch larger than the set is the whole set).
     assert resolve_recipe("videotag", "attention_lstm", 150, NONE)["batch_size"] == 150
-    assert resolve_recipe("videotag", "attention_lstm", 150, NONE, cap_batch=True)["batch_size"] == 18
+    assert resolve_recipe("videotag", "attention_lstm", 150, NONE, cap_batch=True)["batch_size"] == 9
     assert set(RECIPES) == {"default", "videotag"}
 
 
@@ -77,6 +81,6 @@ def test_wider_models_get_a_smaller_lr() -> None:
     assert base_lr("attention_lstm", {"fc1_size": 64}) == pytest.approx(2e-4 * math.sqrt(8192 / 64))
     assert base_lr("nextvlad", {"hidden": 128}) == pytest.approx(1e-3)
     assert base_lr("nextvlad", {"hidden": 1}) == pytest.approx(2.5e-4 * 16)  # clamped
-    # 150 real videos (135 for training): batch 16, lr 1e-4 for the default attention-LSTM.
+    # 150 real videos (135 for training): batch 8, lr 1e-4 for the default attention-LSTM.
     r = resolve_recipe("default", "attention_lstm", 135, NONE)
-    assert r["batch_size"] == 16 and r["lr"] == pytest.approx(1e-4)
+    assert r["batch_size"] == 8 and r["lr"] == pytest.approx(1e-4)

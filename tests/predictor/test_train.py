@@ -260,14 +260,21 @@ def test_bad_input_is_one_clear_error(tasks: dict[str, SyntheticTask], tmp_path:
     assert "video 'n2': features contain NaN" in out
 
 
-def _flat_store(tmp: Path, n: int = 24, sampling: dict[int, str] | None = None) -> tuple[Path, Path, Path]:
-    """n videos whose features are all the same (nothing to learn from), labels 0/1/2 in turn; 3-class vocab."""
+def _flat_store(
+    tmp: Path, n: int = 24, sampling: dict[int, str] | None = None, easy: bool = False
+) -> tuple[Path, Path, Path]:
+    """n videos, labels 0/1/2 in turn, 3-class vocab. Features all the same (nothing to learn from), or with
+    `easy` pointing at their class."""
     sampling = sampling or {}
-    recs = [
-        FeatureRecord(f"f{i:03d}", np.ones((6, 8), np.float32), f"/flat/{i}.mp4", backbone="flat",
-                      sampling=sampling.get(i, "segment"))
-        for i in range(n)
-    ]  # fmt: skip
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(n):
+        x = np.ones((6, 8), np.float32)
+        if easy:
+            x = rng.standard_normal((6, 8)).astype(np.float32) * 0.3
+            x[:, i % 3] += 3.0
+        recs.append(FeatureRecord(f"f{i:03d}", x, f"/flat/{i}.mp4", backbone="flat",
+                                  sampling=sampling.get(i, "segment")))  # fmt: skip
     store = write_shard(tmp / "flat.h5", recs)
     labels = tmp / "flat.txt"
     labels.write_text("".join(f"f{i:03d} {i % 3}\n" for i in range(n)))
@@ -280,20 +287,33 @@ def test_not_learning_is_reported_and_fails_on_request(tmp_path: Path) -> None:
     store, labels, vocab = _flat_store(tmp_path)
     base = ["train", "-f", store, "-l", labels, "-v", vocab, "-m", "frame_pool", "--val-fraction", 0.25,
             "--threads", 1, "--no-progress"]  # fmt: skip
-    out = vt(*base, "-o", tmp_path / "r", "--epochs", 6, "--patience", 2)
+    out = vt(*base, "-o", tmp_path / "r", "--epochs", 4, "--patience", 1)
     assert "warning: not learning" in out and "constant predictor" in out and "collapsed" in out
-    assert "early stop" in out and "epoch 3/6" in out and "epoch 4/6" not in out
+    assert "early stop:" not in out  # never stops early while still at the constant predictor's level
     history = json.loads((tmp_path / "r" / "history.json").read_text())
-    assert history["stopped_early"] and len(history["epochs"]) == 3
+    assert not history["stopped_early"] and len(history["epochs"]) == 4
     assert any("constant predictor" in w for w in history["warnings"])
     rc = json.loads((tmp_path / "r" / "run_config.json").read_text())
-    assert rc["recipe"] == "default" and rc["sampling"] == "segment" and rc["batch_size"] == 2  # 18 train // 8
-    out = vt(*base, "-o", tmp_path / "r", "--epochs", 6, "--patience", 2, "--resume")
-    assert "nothing to do: the run stopped early" in out
+    assert rc["recipe"] == "default" and rc["sampling"] == "segment" and rc["batch_size"] == 2  # at least 2
     # For pipelines: a non-zero exit (3) with one line.
     out = vt(*base, "-o", tmp_path / "r2", "--epochs", 2, "--fail-if-not-learning", code=3)
     assert "error: training did not learn" in out
     assert (tmp_path / "r2" / "history.json").is_file() and (tmp_path / "r2" / "best.pt").is_file()
+
+
+def test_early_stopping_once_learned(tmp_path: Path) -> None:
+    store, labels, vocab = _flat_store(tmp_path, n=48, easy=True)
+    base = ["train", "-f", store, "-l", labels, "-v", vocab, "-m", "frame_pool", "--val-fraction", 0.25,
+            "--threads", 1, "--no-progress", "-o", tmp_path / "r", "--epochs", 12, "--patience", 2,
+            "--lr", 0.1]  # fmt: skip
+    out = vt(*base, "--fail-if-not-learning")
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert "early stop:" in out and history["stopped_early"] and history["warnings"] == []
+    n = len(history["epochs"])
+    assert 6 <= n < 12 and n == max(6, history["best"]["epoch"] + 2)  # not before half of the 12 epochs
+    assert history["best"]["gap@20"] > 0.9
+    out = vt(*base, "--resume")
+    assert "nothing to do: the run stopped early" in out
 
 
 def test_divergence_stops_with_a_warning(tmp_path: Path) -> None:

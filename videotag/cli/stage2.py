@@ -103,7 +103,9 @@ def train_cmd(
     ),
     batch_size: int = typer.Option(None, help="Videos per batch. Default: recipe's (64; videotag 1024)."),
     cap_batch: bool = typer.Option(
-        None, "--cap-batch/--no-cap-batch", help="Cap the batch at len(train)/8 (default recipe: on; videotag: off)."
+        None,
+        "--cap-batch/--no-cap-batch",
+        help="Cap the batch at len(train)/16. Default: on for the default recipe without --batch-size.",
     ),
     optimizer: str = typer.Option(None, help="rmsprop (centered) | adam | adamw | sgd. Default: the recipe's."),
     lr: float = typer.Option(
