@@ -1,7 +1,7 @@
 """Proof on real video files: order-aware vs orderless models, and multi-label tagging, through the real CLI.
 
     python benchmarks/bench_video_learning.py --size small|large [--root /tmp/vlbench] [--tasks order,multilabel]
-                                              [--models frame_pool,nextvlad,attention_lstm] [--epochs N] [--jobs 2]
+                            [--models frame_pool,nextvlad,attention_lstm,ensemble] [--epochs N] [--reuse-runs]
 
 End to end, every step a `videotag` subprocess except writing the videos:
 1. Videos: real H.264 mp4 files (PyAV/libx264, CRF 23, 320x240, 8 fps, 24 frames = 3 s) of procedurally drawn
@@ -27,7 +27,15 @@ Tasks (labels are VideoTag lists `VIDEO_ID<TAB>L1 L2 ...`, 0-based ids, + vocab.
     multilabel  every video shows 3-5 of the 12 scenes (>= 3 frames each) in random order; labels = the set.
 
 Splits: small 150 train / 50 validation (for best.pt) / 50 held-out test; large 2000 / 200 / 500.
-Epochs (the only training option set): 10, the CLI's default, for both sizes (override with --epochs).
+Epochs (the only training option set): 20 for both sizes (override with --epochs). With the CLI's default of 10
+the attention-LSTM on the order task was still leaving its plateau when the cosine schedule ended (held-out 0.52,
+recipe of commit 97010f7); with 20 it reaches validation 1.0 by epoch 7 (recipe of 54255f7, small size).
+
+Runs live in ROOT/<size>/<task>/runs_e<EPOCHS>/<model>; `--reuse-runs` evaluates finished runs instead of
+retraining, so models can be trained in separate processes and assembled afterwards, e.g. on 2 cores:
+    for t in order multilabel; do for m in attention_lstm frame_pool,nextvlad; do
+        OMP_NUM_THREADS=1 python benchmarks/bench_video_learning.py --size small --tasks $t --models $m & done; done
+    wait; python benchmarks/bench_video_learning.py --size small --reuse-runs
 
 Criteria (exit code 1 if one fails):
     order       attention_lstm GAP@20 >= 0.95; frame_pool and nextvlad GAP@20 <= chance + 0.1
@@ -60,8 +68,8 @@ from tests.scenegen import SCENES, make_scene_video  # noqa: E402
 
 VIDEO_FRAMES, FPS, SAMPLED = 24, 8, 24
 SIZES = {
-    "small": {"train": 150, "val": 50, "test": 50, "epochs": 10},
-    "large": {"train": 2000, "val": 200, "test": 500, "epochs": 10},
+    "small": {"train": 150, "val": 50, "test": 50, "epochs": 20},
+    "large": {"train": 2000, "val": 200, "test": 500, "epochs": 20},
 }
 SPLIT_SEED = {"train": 1, "val": 2, "test": 3}
 ORDER_SCENES = ("sky_sun", "night_city", "ocean_waves")
@@ -283,7 +291,8 @@ def verdicts(rows: list[dict]) -> list[str]:
     def check(r: dict, ok: bool, what: str) -> None:
         r["criterion"] = f"{what}: {'PASS' if ok else 'FAIL'}"
         if not ok:
-            failed.append(f"{r['size']}/{r['task']}/{r['model']}: GAP@20 {r['gap@20']:.3f}, want {what}")
+            failed.append(f"{r['size']}/{r['task']}/{r['model']}: {r['epochs']} epochs: GAP@20 {r['gap@20']:.3f}, "
+                          f"want {what}")  # fmt: skip
 
     for (size, task, model, epochs), r in by.items():
         if task == "order" and model == "attention_lstm":
@@ -325,7 +334,7 @@ def main() -> None:
     ap.add_argument(
         "--reuse-runs", action="store_true", help="evaluate finished runs of the same epochs, no retraining"
     )
-    ap.add_argument("--epochs", type=int, default=None, help="default: 10 (the CLI default)")
+    ap.add_argument("--epochs", type=int, default=None, help="default: 20")
     ap.add_argument("--prepare-only", action="store_true", help="write videos + extract features, no training")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes writing videos")
     args = ap.parse_args()
@@ -353,8 +362,9 @@ def main() -> None:
     res_json.write_text(json.dumps(merged, indent=2) + "\n")
     (args.root / "results.md").write_text(table(merged) + "\n")
     print(table(merged))
-    if failed:
-        print("FAILED: " + "; ".join(failed), file=sys.stderr)
+    mine = [f for f in failed if any(f.startswith(f"{k[0]}/{k[1]}/{k[2]}: {k[3]} epochs:") for k in keys)]
+    if mine:
+        print("FAILED: " + "; ".join(mine), file=sys.stderr)
         raise SystemExit(1)
 
 
