@@ -11,7 +11,7 @@ Run directory (`--out DIR`):
                                  "best", "stopped_early", "constant_predictor_gap@20", ...}
     curves.png                  train loss, validation GAP@20 and mAP, learning rate per epoch
 
-Recipes (predictor/recipes.py): `default` (AdamW, batch-scaled lr, warm-up + cosine, clipping, early stopping,
+Recipes (predictor/recipes.py): `default` (AdamW, batch-scaled lr, warm-up, decay on plateau, clipping, early stopping,
 batch capped by the data size) or `videotag` (VideoTag's centered RMSProp recipe); explicit options override.
 
 Not learning (NaN/inf loss, validation GAP@20 at the level of a constant predictor, train loss not falling, every
@@ -59,7 +59,7 @@ from predictor.data import (
 from predictor.evaluate import check_backbone, predict_torch
 from predictor.metrics import evaluate_all, gap
 from predictor.models import SequenceModel, create_model, get_model_class
-from predictor.recipes import RecipeError, lr_factor, resolve_recipe, warmup_steps
+from predictor.recipes import RecipeError, lr_factor, plateau_scale, resolve_recipe, warmup_steps
 from videotag.hashing import sha256_file
 from videotag.manifest import now_iso
 from videotag.store import FeatureStore
@@ -95,13 +95,13 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)
     val_labels: str | None = None
     val_fraction: float = 0.1
-    epochs: int = 15
+    epochs: int = 20
     recipe: str = "default"  # predictor/recipes.py; every None below takes the recipe's value
     batch_size: int | None = None
     cap_batch: bool | None = None  # cap the batch by len(train) / 16 (default: default recipe, no --batch-size)
     optimizer: str | None = None
     lr: float | None = None
-    schedule: str | None = None  # cosine | step | constant
+    schedule: str | None = None  # plateau | cosine | step | constant
     warmup_steps: int | None = None
     lr_step: int | None = None
     lr_gamma: float | None = None
@@ -522,9 +522,16 @@ def _train(
         bar = tqdm(
             loader, desc=f"epoch {epoch}/{rc['epochs']}", unit="batch", leave=False, disable=not show, file=sys.stderr
         )
+        plateau = plateau_scale(
+            [h["val"].get("gap@20", -math.inf) for h in history if h.get("val")],
+            _learned_bar(constant_gap, len(val_ds)) if val_ds and constant_gap is not None else None,
+            int(rc.get("plateau_patience") or 0),
+            float(rc.get("lr_gamma") or 1.0),
+            float(rc.get("min_lr_ratio") or 0.0),
+        )
         for i, batch in enumerate(bar):
             step = (epoch - 1) * steps_per_epoch + i
-            lr_now = rc["lr"] * lr_factor(step, rc, steps_per_epoch, total_steps)
+            lr_now = rc["lr"] * lr_factor(step, rc, steps_per_epoch, total_steps, plateau)
             for g in optimizer.param_groups:
                 g["lr"] = lr_now
             lr_first = lr_now if lr_first is None else lr_first

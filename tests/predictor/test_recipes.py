@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from predictor.recipes import RECIPES, RecipeError, base_lr, lr_factor, resolve_recipe, warmup_steps
+from predictor.recipes import RECIPES, RecipeError, base_lr, lr_factor, plateau_scale, resolve_recipe, warmup_steps
 
 NONE = {k: None for k in ("batch_size", "optimizer", "lr", "lr_step", "lr_gamma", "weight_decay", "clip_grad")}
 
@@ -15,7 +15,7 @@ NONE = {k: None for k in ("batch_size", "optimizer", "lr", "lr_step", "lr_gamma"
 def test_default_recipe_caps_the_batch_and_scales_the_lr() -> None:
     big = resolve_recipe("default", "nextvlad", 1_000_000, NONE)
     assert big["optimizer"] == "adamw" and big["batch_size"] == 64 and big["lr"] == pytest.approx(2.5e-4)
-    assert big["schedule"] == "cosine" and big["clip_grad"] == 1.0 and big["patience"] > 0
+    assert big["schedule"] == "plateau" and big["clip_grad"] == 1.0 and big["patience"] > 0
     small = resolve_recipe("default", "nextvlad", 500, NONE)  # 500 // 16 = 31 videos per batch
     assert small["batch_size"] == 31 and small["batch_size_requested"] == 64
     assert small["lr"] == pytest.approx(2.5e-4 * math.sqrt(31 / 64))
@@ -52,7 +52,7 @@ def test_bad_recipe_values_are_refused() -> None:
 
 
 def test_warmup_then_cosine_to_the_floor() -> None:
-    rc = resolve_recipe("default", "nextvlad", 10_000, NONE)
+    rc = resolve_recipe("default", "nextvlad", 10_000, {**NONE, "schedule": "cosine"})
     spe, total = 100, 1500
     warm = warmup_steps(rc, spe, total)
     assert warm == 100  # one epoch, <= 300 steps, <= 10% of all steps
@@ -77,10 +77,27 @@ def test_step_schedule_matches_torch_steplr() -> None:
 
 
 def test_wider_models_get_a_smaller_lr() -> None:
-    assert base_lr("attention_lstm") == pytest.approx(2e-4)  # default size: fc1 8192
-    assert base_lr("attention_lstm", {"fc1_size": 64}) == pytest.approx(2e-4 * math.sqrt(8192 / 64))
+    assert base_lr("attention_lstm") == pytest.approx(4e-4)  # default size: fc1 8192
+    assert base_lr("attention_lstm", {"fc1_size": 64}) == pytest.approx(4e-4 * math.sqrt(8192 / 64))
     assert base_lr("nextvlad", {"hidden": 128}) == pytest.approx(1e-3)
     assert base_lr("nextvlad", {"hidden": 1}) == pytest.approx(2.5e-4 * 16)  # clamped
-    # 150 real videos (135 for training): batch 8, lr 1e-4 for the default attention-LSTM.
+    # 150 real videos (135 for training): batch 8, lr 2e-4 for the default attention-LSTM (learned the scene-order
+    # task in 5 epochs; 1e-4 needed 7, VideoTag's RMSProp 1e-3 collapsed).
     r = resolve_recipe("default", "attention_lstm", 135, NONE)
-    assert r["batch_size"] == 8 and r["lr"] == pytest.approx(1e-4)
+    assert r["batch_size"] == 8 and r["lr"] == pytest.approx(2e-4)
+
+
+def test_plateau_decays_only_after_learning_began() -> None:
+    """x gamma after `patience` epochs without a better GAP, but never while still at the constant predictor's
+    level (recurrent models sit on such a plateau for epochs before they take off); floored; no val set: none."""
+    bar = 0.3
+    assert plateau_scale([0.2, 0.21, 0.2, 0.19, 0.2, 0.2], bar, 2, 0.3, 0.01) == 1.0  # initial plateau: no decay
+    assert plateau_scale([0.2, 0.6, 0.9], bar, 2, 0.3, 0.01) == 1.0  # still improving
+    assert plateau_scale([0.2, 0.6, 0.9, 0.9, 0.88], bar, 2, 0.3, 0.01) == pytest.approx(0.3)
+    assert plateau_scale([0.2, 0.9, 0.9, 0.9, 0.9, 0.9], bar, 2, 0.3, 0.01) == pytest.approx(0.09)
+    assert plateau_scale([0.9] + [0.5] * 40, bar, 2, 0.3, 0.01) == pytest.approx(0.01)
+    assert plateau_scale([0.9, 0.5, 0.5], None, 2, 0.3, 0.01) == 1.0
+    rc = resolve_recipe("default", "nextvlad", 10_000, NONE)
+    warm = warmup_steps(rc, 100, 2000)
+    assert lr_factor(warm + 5, rc, 100, 2000, plateau=0.3) == pytest.approx(0.3)
+    assert lr_factor(0, rc, 100, 2000, plateau=0.3) < 0.05  # warm-up first

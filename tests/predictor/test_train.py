@@ -152,7 +152,8 @@ def test_resume_reproduces_uninterrupted_run_and_refuses_config_change(
     task = tasks["multilabel"]
     common = [*TINY_VLAD, "--val-fraction", 0.2, "--lr", "3e-3", "--patience", 0]
     vt(*_train_args(task, tmp_path / "a", *common, "--epochs", 3))
-    # Interrupted after epoch 2 (warm-up + cosine schedule, per-step lr), then resumed: bit-exact.
+    # Interrupted after epoch 2 (warm-up, then the plateau schedule: lr from the step and the validation history),
+    # then resumed: bit-exact.
     cfg = TrainConfig(
         features=[str(task.stores["train"])], labels=str(task.labels["train"]), vocab=str(task.vocab),
         model="nextvlad", model_config={"groups": 2, "clusters": 4, "hidden": 16, "gating_reduction": 4},
@@ -310,7 +311,7 @@ def test_early_stopping_once_learned(tmp_path: Path) -> None:
     history = json.loads((tmp_path / "r" / "history.json").read_text())
     assert "early stop:" in out and history["stopped_early"] and history["warnings"] == []
     n = len(history["epochs"])
-    assert 6 <= n < 12 and n == max(6, history["best"]["epoch"] + 2)  # not before half of the 12 epochs
+    assert 3 <= n < 12 and n == max(3, history["best"]["epoch"] + 2)  # not before a quarter of the 12 epochs
     assert history["best"]["gap@20"] > 0.9
     out = vt(*base, "--resume")
     assert "nothing to do: the run stopped early" in out

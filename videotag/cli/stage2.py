@@ -95,7 +95,7 @@ def train_cmd(
     set_: list[str] = typer.Option(None, "--set", "-s", help="One model config KEY=VALUE (repeatable)."),
     val_labels: Path = typer.Option(None, "--val-labels", help="Separate validation label file (else split by id)."),
     val_fraction: float = typer.Option(0.1, help="Share of the labelled ids held out for validation."),
-    epochs: int = typer.Option(15, help="Epochs at most (early stopping may end sooner; a resume may raise it)."),
+    epochs: int = typer.Option(20, help="Epochs at most (early stopping may end sooner; a resume may raise it)."),
     recipe: str = typer.Option(
         "default",
         help="default (AdamW, batch-scaled lr, warm-up + cosine, clip 1.0, early stopping, batch capped by the "
@@ -111,10 +111,12 @@ def train_cmd(
     lr: float = typer.Option(
         None, help="Peak learning rate, used as given. Default: recipe's (default: per model, x sqrt(batch/64))."
     ),
-    schedule: str = typer.Option(None, help="cosine | step | constant. Default: recipe's (cosine; videotag step)."),
+    schedule: str = typer.Option(
+        None, help="plateau | cosine | step | constant. Default: the recipe's (plateau; videotag: step)."
+    ),
     warmup_steps: int = typer.Option(None, help="Linear warm-up steps (0 = none). Default: ~1 epoch, <= 300."),
     lr_step: int = typer.Option(None, help="Step schedule: decay the lr every N epochs (videotag: 5)."),
-    lr_gamma: float = typer.Option(None, help="Step schedule decay factor (videotag: 0.1)."),
+    lr_gamma: float = typer.Option(None, help="Decay factor, step/plateau schedules (videotag 0.1, default 0.3)."),
     weight_decay: float = typer.Option(None, help="Weight decay (AdamW: decoupled). Default: 1e-2; videotag 8e-4."),
     clip_grad: float = typer.Option(None, help="Clip the gradient norm to this value (0 = off). Default: 1.0."),
     patience: int = typer.Option(
