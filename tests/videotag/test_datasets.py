@@ -110,3 +110,22 @@ def test_multilabel_csv(videos: Path, default_weights: Path, monkeypatch: pytest
     assert summary["train_command"].endswith("--val-fraction 0 -o runs/ml")
     problems = " ".join(summary["problems"])
     assert "'videos/nope.mp4' no such file" in problems and "have no labels in" in problems
+
+
+def test_train_videos_builds_the_dataset_then_trains(
+    videos: Path, default_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`videotag train --videos DIR` in one go: OUT/dataset as `videotag dataset` writes it, then the run."""
+    monkeypatch.chdir(videos.parent)
+    monkeypatch.setenv("VIDEOTAG_FRAMES", "8")
+    output = vt("train", "--videos", "videos", "-m", "frame_pool", "--epochs", "2", "--val-fraction", "0.34",
+                "-o", "runs/v", "--no-progress")  # fmt: skip
+    run = videos.parent / "runs" / "v"
+    assert (run / "dataset" / "vocab.txt").read_text().splitlines() == CLASSES
+    assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
+    rc = json.loads((run / "run_config.json").read_text())
+    assert rc["sampling"] == "uniform" and len(_list(run / "dataset" / "val.txt")) == 3
+    assert "10 video(s), 3 classes: 6 train, 3 val, 1 failed" in " ".join(output.split())
+    out = vt("train", "--videos", "videos", "-f", "x.h5", "-o", "runs/w", code=2)
+    assert "drop -f/-l/-v" in out
+    assert "give --videos DIR" in vt("train", "-o", "runs/w", code=2)

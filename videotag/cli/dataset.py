@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,10 @@ from videotag.cli.app import app
 from videotag.cli.common import console, guard, make_settings, out, setup_logging
 from videotag.cli.core import BatchSize, Frames, Sampling, Verbose, _ensure_defaults, _progress
 from videotag.schema import VideoResult
+from videotag.settings import Settings
+
+if TYPE_CHECKING:
+    from videotag.datasets import DatasetPaths
 
 
 @app.command("dataset")
@@ -56,10 +60,25 @@ def dataset(
     stratified train/validation split as VideoTag lists, then prints the `videotag train` command to run.
     Videos that fail are listed in OUT/failed.jsonl and left out; the exit status is 0 when a dataset was written.
     """
-    from videotag.datasets import build_dataset
-
     setup_logging(verbose)
     settings = make_settings(frames=frames, batch_size=batch_size, sampling=sampling, backbone=backbone)
+    paths = build_and_report(videos, out_dir, settings, model, labels, val_fraction, seed)
+    out.print("next: " + escape(paths.train_command()), soft_wrap=True)
+
+
+def build_and_report(
+    videos: Path,
+    out_dir: Path,
+    settings: Settings,
+    model: str | None,
+    labels: Path | None,
+    val_fraction: float,
+    seed: int,
+) -> DatasetPaths:
+    """`build_dataset` with a progress bar, per-video failures as they come and a per-class summary (used by
+    `videotag dataset` and `videotag train --videos`)."""
+    from videotag.datasets import build_dataset
+
     _ensure_defaults(settings, model)
     state: dict = {"ok": 0, "failed": 0}
     with _progress(2) as prog:  # always shown: extraction is the slow part
@@ -93,4 +112,4 @@ def dataset(
         + (f" (see {escape(str(paths.failed))})" if paths.num_failed else "")
     )
     out.print(f"dataset in {escape(str(paths.out_dir))} (summary: {escape(str(paths.summary))})")
-    out.print("next: " + escape(paths.train_command()), soft_wrap=True)
+    return paths

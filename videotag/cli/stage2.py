@@ -78,11 +78,17 @@ _LABELS_HELP = (
 @app.command("train")
 @_friendly
 def train_cmd(
-    features: list[Path] = typer.Option(..., "--features", "-f", help=_FEATURES_HELP),
-    labels: Path = typer.Option(..., "--labels", "-l", help=_LABELS_HELP),
-    vocab: Path = typer.Option(..., "--vocab", "-v", help="Vocabulary: one class name per line, id = line number."),
+    features: list[Path] = typer.Option(None, "--features", "-f", help=_FEATURES_HELP),
+    labels: Path = typer.Option(None, "--labels", "-l", help=_LABELS_HELP),
+    vocab: Path = typer.Option(None, "--vocab", "-v", help="Vocabulary: one class name per line, id = line number."),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run directory: best.pt, last.pt, run_config.json, history.json, curves.png."
+    ),
+    videos: Path = typer.Option(
+        None,
+        "--videos",
+        help="DIR/<class>/*.mp4 (one folder per class): build OUT/dataset first, as `videotag dataset` does "
+        "(features, vocabulary, stratified split by --val-fraction/--seed), then train on it. Replaces -f/-l/-v.",
     ),
     model: str = typer.Option(
         None,
@@ -98,8 +104,8 @@ def train_cmd(
     epochs: int = typer.Option(20, help="Epochs at most (early stopping may end sooner; a resume may raise it)."),
     recipe: str = typer.Option(
         "default",
-        help="default (AdamW, batch-scaled lr, warm-up + cosine, clip 1.0, early stopping, batch capped by the "
-        "data) | videotag (centered RMSProp 1e-3, x0.1 after 5 epochs, wd 8e-4, batch 1024). Options below override.",
+        help="default (AdamW, batch-scaled lr, warm-up, decay on plateau, clip 1.0, early stopping, batch capped by "
+        "the data) | videotag (centered RMSProp 1e-3, x0.1 after 5 epochs, wd 8e-4, batch 1024). Options override.",
     ),
     batch_size: int = typer.Option(None, help="Videos per batch. Default: recipe's (64; videotag 1024)."),
     cap_batch: bool = typer.Option(
@@ -148,8 +154,20 @@ def train_cmd(
 
     Export the result with `videotag export --checkpoint OUT --out MODEL_DIR`.
     """
-    from predictor.train import NotLearningError, TrainConfig, train
+    from predictor.train import RUN_CONFIG, NotLearningError, TrainConfig, train
 
+    if videos is not None:
+        if features or labels or vocab or val_labels:
+            raise ValueError("--videos builds the features, labels and vocabulary itself: drop -f/-l/-v/--val-labels")
+        if (out / RUN_CONFIG).is_file() and not resume:
+            raise ValueError(f"{out} already holds a training run; pass --resume to continue it or use a new --out")
+        from videotag.cli.common import make_settings
+        from videotag.cli.dataset import build_and_report
+
+        ds = build_and_report(videos, out / "dataset", make_settings(), None, None, val_fraction, seed)
+        features, labels, vocab, val_labels = [ds.features], ds.train, ds.vocab, ds.val
+    elif not (features and labels and vocab):
+        raise ValueError("give --videos DIR, or --features, --labels and --vocab")
     cfg = TrainConfig(
         features=[str(f) for f in features],
         labels=str(labels),
