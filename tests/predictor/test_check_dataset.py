@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-import traceback
 from pathlib import Path
 
 import h5py
 import numpy as np
+from cli_runner import vt
 from PIL import Image
-from typer.testing import CliRunner
 
-from videotag.cli import _load, app
 from videotag.store import FeatureRecord, write_shard
 from videotag.vocab import Vocabulary
 
-_load()
 D = 8
 
 
-def vt(*args: object, code: int) -> str:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise AssertionError("".join(traceback.format_exception(r.exception)) + r.output)
-    assert r.exit_code == code, r.output
-    return r.output
 
 
 def _rec(vid: str, backbone: str = "bb", t: int = 5, seed: int = 0) -> FeatureRecord:

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_runner import vt
 
 from predictor.checkpoint import save_checkpoint
 from predictor.export import export_predictor
 from predictor.models import SequenceModel, create_model
 from predictor.runtime import OnnxPredictor
-from videotag.cli import _load, app
 from videotag.store import FeatureRecord, write_shard
 from videotag.vocab import Vocabulary
 
-_load()
 D, C = 16, 6
 LSTM = {"embedding_size": 8, "lstm_size": 8, "fc1_size": 16, "fc2_size": 16}
 VLAD = {"groups": 4, "clusters": 4, "hidden": 16, "gating_reduction": 4}
@@ -27,12 +24,6 @@ BACKBONE = {"name": "test-backbone", "sha256": "ab" * 32, "feature_dim": D}
 VOCAB = Vocabulary(tuple(f"class_{i}" for i in range(C)))
 
 
-def vt(*args: object, code: int = 0) -> str:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise AssertionError("".join(traceback.format_exception(r.exception)) + r.output)
-    assert r.exit_code == code, r.output
-    return r.output
 
 
 def _model(name: str, cfg: dict, seed: int) -> SequenceModel:

@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import vt
 from PIL import Image
-from typer.testing import CliRunner
 
 from predictor.checkpoint import save_checkpoint
 from predictor.metrics import average_precision, per_class_ap
 from predictor.models import create_model
-from videotag.cli import _load, app
 from videotag.store import FeatureRecord, write_shard
 from videotag.vocab import Vocabulary
 
-_load()
 NAMES = ("cat", "dog", "bird", "fish")
 
 
-def vt(*args: object, code: int = 0) -> str:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise AssertionError("".join(traceback.format_exception(r.exception)) + r.output)
-    assert r.exit_code == code, r.output
-    return r.output
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-import traceback
 from pathlib import Path
 
 import pytest
 import videogen
-from typer.testing import CliRunner
+from cli_runner import vt
 
 from predictor.data import read_labels, resolve_labels
-from videotag.cli import _load, app
 from videotag.store import FeatureStore
 from videotag.vocab import Vocabulary
 
-_load()
 CLASSES = ["cat", "dog", "zebra crossing"]
 
 
-def vt(*args: object, code: int = 0) -> str:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise AssertionError("".join(traceback.format_exception(r.exception)) + r.output)
-    assert r.exit_code == code, r.output
-    return r.output
 
 
 @pytest.fixture(scope="module")
