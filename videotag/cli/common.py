@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from videotag.errors import VideotagError
 from videotag.settings import Device, Settings
@@ -34,10 +35,21 @@ def setup_logging(verbose: int = 0) -> None:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Settings from env/.env with command-line overrides (None = not given)."""
-    base = Settings()
+    """Settings from env/.env with command-line overrides (None = not given), validated like the environment:
+    a bad value (`--topk -1`, `--frames 0`, `--threshold 2`) exits 2 with one line naming it, before any work."""
+    from pydantic import ValidationError
+
     given = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_copy(update=given) if given else base
+    unknown = set(given) - set(Settings.model_fields)
+    assert not unknown, f"not settings: {unknown}"  # a programming error, not a user's
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = f"--{field.replace('_', '-')}" if field in given else f"VIDEOTAG_{field.upper()}"
+        fail(f"{where}: {escape(err['msg'])} (got {err.get('input')!r})")
+        raise AssertionError("unreachable") from None
 
 
 def fail(message: str, code: int = 2) -> None:
