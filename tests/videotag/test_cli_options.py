@@ -40,3 +40,12 @@ def test_bad_values_exit_2_with_one_line(args: list[str], message: str, tmp_path
 def test_bad_environment_value_is_named_as_such() -> None:
     r = videotag("tag", "x.mp4", env={"VIDEOTAG_TOPK": "0"})
     assert r.returncode == 2 and "VIDEOTAG_TOPK: Input should be greater than or equal to 1" in r.stderr
+
+
+def test_version_and_defaults_in_help() -> None:
+    r = videotag("--version")
+    assert r.returncode == 0 and r.stdout.startswith("videotag 0.")
+    out = " ".join(videotag("tag", "--help").stdout.split())
+    for text in ("Tags per video [default: 20]", "Frames sampled uniformly per video [default: 300]",
+                 "[default: --topk, all that are kept]"):  # fmt: skip
+        assert text in out, text

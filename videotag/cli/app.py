@@ -13,4 +13,22 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: 300]" must print as written
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from videotag import __version__
+
+        typer.echo(f"videotag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Large-scale video tagging: decode, sample frames, CNN features (HDF5), sequence model, ranked tags."""

@@ -183,7 +183,7 @@ def _progress(total: int) -> Progress:
     )
 
 
-def _print_result(res: VideoResult, show: int) -> None:
+def _print_result(res: VideoResult, show: int | None) -> None:
     if not res.ok:
         console.print(f"[red]FAILED[/] {res.source}: [bold]{res.error['code']}[/]: {res.error['reason']}")
         return
@@ -197,7 +197,7 @@ def _print_result(res: VideoResult, show: int) -> None:
     t.add_column("class_id", justify="right")
     t.add_column("class_name")
     t.add_column("probability", justify="right")
-    for i, tag in enumerate(res.tags[:show], 1):
+    for i, tag in enumerate(res.tags if show is None else res.tags[:show], 1):
         t.add_row(str(i), str(tag.class_id), tag.class_name, f"{tag.probability:.4f}")
     out.print(t)
 
@@ -207,7 +207,7 @@ def _report(
     total: int,
     label: str,
     out_dir: Path | None,
-    show: int,
+    show: int | None,
     as_json: bool,
     note: str = "",
 ) -> int:
@@ -247,7 +247,7 @@ def _run(
     out_dir: Path | None,
     features: Path | None,
     predict: bool,
-    show: int,
+    show: int | None,
     as_json: bool,
 ) -> int:
     if not sources:
@@ -296,7 +296,9 @@ def tag(
     features: Annotated[
         Path | None, typer.Option(help="Also keep the features: FILE.h5 (one shard) or a directory (shard per video).")
     ] = None,
-    show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
+    show: Annotated[
+        int | None, typer.Option(min=0, help="Tags printed per video [default: --topk, all that are kept].")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
     lang: Lang = None,
     visualize: Annotated[
@@ -391,7 +393,9 @@ def predict(
     topk: Annotated[int | None, typer.Option(help="Tags per video [default: 20].")] = None,
     threshold: Annotated[float | None, typer.Option(help="Drop tags below this probability.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write results here (as `tag --out`).")] = None,
-    show: Annotated[int, typer.Option(help="Tags printed per video.")] = 5,
+    show: Annotated[
+        int | None, typer.Option(min=0, help="Tags printed per video [default: --topk, all that are kept].")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per video on stdout.")] = False,
     lang: Lang = None,
     device: DeviceOpt = None,
