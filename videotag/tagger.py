@@ -177,6 +177,8 @@ class Tagger:
         threshold: float | None = None,
         lang: str | None = None,
         features_out: PathLike | None = None,
+        visualize: PathLike | None = None,
+        visualize_video: bool = False,
     ) -> VideoResult | Iterator[VideoResult]:
         """Tag one video, or stream results for many.
 
@@ -187,6 +189,9 @@ class Tagger:
             topk, threshold, lang: override the Tagger's for this call.
             features_out: also keep the features: ``FILE.h5`` (one store, published when the iterator is
                 exhausted) or a directory (one shard per video); read them back with `predict`.
+            visualize: write a PNG contact sheet per tagged video here (sampled frames + the top tags as bars);
+                with ``visualize_video`` also an MP4 copy with the tags drawn on it. A drawing failure is logged
+                and never fails the video.
 
         A bad input never raises: its result has ``ok=False`` and ``error={"code", "reason"}`` (codes:
         missing, empty, not_a_video, truncated, no_video_stream, unsupported_codec, download_failed, ...).
@@ -194,11 +199,17 @@ class Tagger:
         """
         settings = library_settings(self.settings, topk=topk, threshold=threshold, lang=lang)
         out = Path(features_out) if features_out is not None else None
-        if _is_one(inputs):
-            (res,) = list(pipeline.tag_sources([_one_source(inputs)], settings, features_out=out))
+        one = _is_one(inputs)
+        sources = [_one_source(inputs)] if one else pipeline.expand_inputs([os.fspath(x) for x in inputs])
+        results = pipeline.tag_sources(sources, settings, features_out=out)
+        if visualize is not None:
+            from videotag.visualize import visualize_stream
+
+            results = visualize_stream(results, visualize, visualize_video)
+        if one:
+            (res,) = list(results)
             return res
-        sources = pipeline.expand_inputs([os.fspath(x) for x in inputs])
-        return pipeline.tag_sources(sources, settings, features_out=out)
+        return results
 
     @overload
     def extract(self, inputs: PathLike, out: PathLike) -> VideoResult: ...

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -393,3 +394,27 @@ def visualize_result(result: VideoResult, out_dir: str | Path, video: bool = Fal
     if video:
         written.append(tagged_video(source, result, out_dir / f"{base}.tagged.mp4"))
     return written
+
+
+def visualize_stream(
+    results: Iterable[VideoResult],
+    out_dir: str | Path,
+    video: bool = False,
+    on_written: Callable[[Path], None] = lambda _p: None,
+    on_error: Callable[[VideoResult, VideotagError], None] | None = None,
+) -> Iterator[VideoResult]:
+    """Pass results through; after each ok one has been handed on, draw its pictures (`visualize_result`, names
+    de-duplicated over the stream). A drawing failure goes to `on_error` and never fails the video."""
+    used: set[str] = set()
+    for res in results:
+        yield res
+        if not res.ok:
+            continue
+        try:
+            for path in visualize_result(res, out_dir, video=video, used=used):
+                on_written(path)
+        except VideotagError as e:
+            if on_error is None:
+                log.warning("no pictures for %s: %s", res.source, e)
+            else:
+                on_error(res, e)

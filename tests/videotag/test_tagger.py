@@ -100,6 +100,19 @@ def test_tag_many_streams_in_order(tagger: Tagger, clips: dict[str, Path], tmp_p
     assert got[3].tags == got[0].tags and got[2].tags == got[5].tags == tagger.tag(clips["a"]).tags
 
 
+def test_tag_with_pictures(tagger: Tagger, clips: dict[str, Path], tmp_path: Path) -> None:
+    """`visualize=DIR` writes a contact sheet per tagged video (and the tagged MP4 with `visualize_video`)."""
+    from PIL import Image
+
+    res = tagger.tag(clips["a"], visualize=tmp_path / "pics", visualize_video=True)
+    assert res.ok
+    (png,) = (tmp_path / "pics").glob("*.png")
+    (mp4,) = (tmp_path / "pics").glob("*.tagged.mp4")
+    assert Image.open(png).size[0] > 300 and mp4.stat().st_size > 1000
+    many = list(tagger.tag([clips["a"], tmp_path / "missing.mp4"], visualize=tmp_path / "more"))
+    assert [r.ok for r in many] == [True, False] and len(list((tmp_path / "more").glob("*.png"))) == 1
+
+
 def test_tag_one_directory_is_a_clear_error(tagger: Tagger, tmp_path: Path) -> None:
     with pytest.raises(VideotagError, match=r"is a directory.*tag\(\["):
         tagger.tag(tmp_path)

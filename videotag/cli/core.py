@@ -16,7 +16,6 @@ from videotag import pipeline
 from videotag.catalog import AVAILABLE
 from videotag.cli.app import app
 from videotag.cli.common import DeviceOpt, console, fail, guard, make_settings, out, setup_logging
-from videotag.errors import VideotagError
 from videotag.schema import VideoResult
 from videotag.settings import Settings
 
@@ -343,18 +342,15 @@ def tag(
 
 def _visualizing(results: Iterable[VideoResult], out_dir: Path, video: bool) -> Iterable[VideoResult]:
     """Pass results through; after each ok one is reported, draw its pictures (a failure is a warning line)."""
-    from videotag.visualize import visualize_result
+    from videotag.visualize import visualize_stream
 
-    used: set[str] = set()
-    for res in results:
-        yield res
-        if not res.ok:
-            continue
-        try:
-            for path in visualize_result(res, out_dir, video=video, used=used):
-                console.print(f"[dim]wrote {path}[/]")
-        except VideotagError as e:
-            console.print(f"[yellow]warning:[/] no pictures for {res.source}: {e}")
+    return visualize_stream(
+        results,
+        out_dir,
+        video,
+        on_written=lambda path: console.print(f"[dim]wrote {path}[/]"),
+        on_error=lambda res, e: console.print(f"[yellow]warning:[/] no pictures for {res.source}: {e}"),
+    )
 
 
 @app.command()
