@@ -105,9 +105,11 @@ def check_model_lang(model: str, lang: str | None, weights_dir: Path) -> str | N
     """422 when `lang` is given and the model has no class names in it (cheap: reads the manifest only)."""
     if not lang:
         return None
-    from videotag.catalog import model_languages
+    from videotag.catalog import require_language
+    from videotag.errors import ModelMismatchError
 
-    have = model_languages(Path(weights_dir) / model)
-    if lang not in have:
-        raise Refused(422, f"lang: model {model!r} has no {lang!r} class names (it has: {', '.join(have) or 'none'})")
+    try:
+        require_language(Path(weights_dir) / model, lang)
+    except ModelMismatchError as e:
+        raise Refused(422, f"lang: {e}") from None
     return lang

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from videotag.errors import ModelMismatchError
 from videotag.manifest import MANIFEST_NAME
 
 # name -> what `videotag setup NAME` installs and what it needs
@@ -45,7 +46,7 @@ def _describe(d: Path, m: dict[str, Any]) -> dict[str, Any]:
     src = m.get("source") or {}
     if kind == "predictor":
         voc = m.get("vocabulary") or {}
-        langs = list(m.get("languages") or ([voc["language"]] if voc.get("language") else []))
+        langs = manifest_languages(m)
         bundled = (d / "backbone" / MANIFEST_NAME).is_file()
         info.update(
             classes=voc.get("num_classes"),
@@ -93,10 +94,25 @@ def available_models(weights_dir: str | Path) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def manifest_languages(manifest: dict[str, Any]) -> list[str]:
+    """Languages a predictor manifest can name its classes in ([] when unrecorded)."""
+    return list(manifest.get("languages") or {})
+
+
 def model_languages(model_dir: str | Path) -> list[str]:
     """Languages a predictor directory can name its classes in (from its manifest; [] when unrecorded)."""
     try:
         m = json.loads((Path(model_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return []
-    return list(m.get("languages") or {})
+    return manifest_languages(m)
+
+
+def require_language(model_dir: str | Path, lang: str) -> None:
+    """ModelMismatchError unless the predictor in `model_dir` has class names in `lang` (reads the manifest only:
+    for the doors that check a request before queueing it; `OnnxPredictor.names` checks the loaded model)."""
+    have = model_languages(model_dir)
+    if lang not in have:
+        raise ModelMismatchError(
+            f"model {Path(model_dir).name!r} has no {lang!r} class names (it has: {', '.join(have) or 'none'})"
+        )

@@ -81,6 +81,17 @@ class Browser:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {expr}; console: {self.console}")
 
+    def open_page(self, url: str) -> None:
+        """Navigate and wait until the page's form is there."""
+        self.call("Page.navigate", url=url)
+        self.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
+
+    def choose_file(self, path: Path) -> None:
+        """Put `path` into the page's file input, as a user picking it would."""
+        root = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+        self.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
+
     def close(self) -> None:
         try:
             self.ws.close()
@@ -122,13 +133,10 @@ def browser(tmp_path):
 def test_upload_shows_progress_tags_and_frames(service, browser, tmp_path):
     clip = videogen.make_video(tmp_path / "upload me.mp4", frames=30, size=(160, 120), fps=10)
     browser.call("Page.enable")
-    browser.call("Page.navigate", url=service.api_url + "/")
-    browser.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
+    browser.open_page(service.api_url + "/")
     assert browser.js("document.title") == "videotag"
 
-    root = browser.call("DOM.getDocument")["root"]["nodeId"]
-    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
-    browser.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node)
+    browser.choose_file(clip)
     browser.js(f"document.getElementById('apikey').value = {json.dumps(KEY)}")
     browser.js("document.getElementById('topk').value = '6'")
     browser.js("document.getElementById('submit').click()")
@@ -167,11 +175,8 @@ def test_upload_shows_progress_tags_and_frames(service, browser, tmp_path):
 
 def test_wrong_key_shows_error(service, browser, tmp_path):
     clip = videogen.make_video(tmp_path / "v.mp4", frames=10, size=(64, 48), fps=10)
-    browser.call("Page.navigate", url=service.api_url + "/")
-    browser.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
-    root = browser.call("DOM.getDocument")["root"]["nodeId"]
-    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
-    browser.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node)
+    browser.open_page(service.api_url + "/")
+    browser.choose_file(clip)
     browser.js("document.getElementById('apikey').value = 'nope'")
     browser.js("document.getElementById('submit').click()")
     assert browser.wait("document.body.dataset.state", 30) == "error"
@@ -182,8 +187,7 @@ def test_model_and_language_pickers(service, browser, tmp_path):
     """The page lists the installed predictors (GET /v1/models) and each one's languages; the chosen pair is what
     the job uses."""
     clip = videogen.make_video(tmp_path / "pick.mp4", frames=20, size=(160, 120), fps=10)
-    browser.call("Page.navigate", url=service.api_url + "/")
-    browser.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
+    browser.open_page(service.api_url + "/")
     browser.js(f"(() => {{ const k = document.getElementById('apikey'); k.value = {json.dumps(KEY)};"
                "k.dispatchEvent(new Event('change')); })()")  # fmt: skip
     browser.wait("document.querySelectorAll('#model option').length === 3", 30)  # + tiny_pool (service_helpers)
@@ -195,9 +199,7 @@ def test_model_and_language_pickers(service, browser, tmp_path):
     langs = browser.js("[...document.querySelectorAll('#lang option')].map(o => o.textContent)")
     assert langs == ["en (default)", "fr"]
     browser.js("document.getElementById('lang').value = 'fr'")
-    root = browser.call("DOM.getDocument")["root"]["nodeId"]
-    node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
-    browser.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node)
+    browser.choose_file(clip)
     browser.js("document.getElementById('topk').value = '3'")
     browser.js("document.getElementById('submit').click()")
     assert browser.wait("document.body.dataset.state", 90) == "done"

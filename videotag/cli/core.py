@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -103,29 +104,20 @@ def setup(
     )
 
 
-class _download_progress:
-    """Context manager giving `install_videotag` one rich progress bar (size, speed, ETA) per archive."""
+@contextmanager
+def _download_progress() -> Iterator[Callable]:
+    """One rich progress bar (size, speed, ETA) per archive `install_videotag` fetches."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
 
-    def __enter__(self):
-        from rich.progress import DownloadColumn, TransferSpeedColumn
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console) as prog:
 
-        self._prog = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=console,
-        )  # fmt: skip
-        self._prog.__enter__()
-        return self
+        def for_archive(archive) -> Callable[[int, int | None], None]:
+            task = prog.add_task(archive.file, total=None)
+            return lambda done, total: prog.update(task, completed=done, total=total)
 
-    def __call__(self, archive):
-        task = self._prog.add_task(archive.file, total=None)
-
-        def update(done: int, total: int | None) -> None:
-            self._prog.update(task, completed=done, total=total)
-
-        return update
-
-    def __exit__(self, *exc) -> None:
-        self._prog.__exit__(*exc)
+        yield for_archive
 
 
 @app.command("models")

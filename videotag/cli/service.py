@@ -131,13 +131,13 @@ def submit(
     if not sources:
         fail("nothing to submit: give videos and/or --filelist")
     url = _connect(settings)
-    from videotag.catalog import model_languages
+    from videotag.catalog import require_language
     from videotag.jobs import JobStore
     from workers.tasks import enqueue
 
     model = model or settings.model
-    if lang and lang not in (have := model_languages(settings.resolve_model_dir(model))):
-        fail(f"model {model!r} has no {lang!r} class names (it has: {', '.join(have) or 'none'})")
+    if lang:
+        require_language(settings.resolve_model_dir(model), lang)
     store = JobStore.from_url(url)
     batch_id, job_ids = store.create_batch(sources, "path", model=model, topk=topk, threshold=threshold,
                                            lang=lang)  # fmt: skip

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from videotag.download import DownloadError, Progress, download
+from videotag.hashing import sha256_file
 from videotag.importers.paddle_videotag import ImportReport, PaddleWeightsError, import_videotag
 from videotag.vocab import VIDEOTAG_LABELS
 
@@ -69,11 +70,7 @@ def fetch_archives(
             if not path.is_file():
                 raise SetupError(f"--source {local_dir}: {a.file} not found there (expected {ARCHIVES[0].file} "
                                  f"and {ARCHIVES[1].file})")  # fmt: skip
-            from videotag.hashing import sha256_file
-
-            record = {"url": None, "file": str(path.resolve()), "size": path.stat().st_size,
-                      "sha256": sha256_file(path)}  # fmt: skip
-            out[a.key] = (path, record, False)
+            out[a.key] = (path, _record(None, str(path.resolve()), path), False)
             continue
         url = f"{source.rstrip('/')}/{a.file}" if source else a.url
         dest = cache_dir / a.file
@@ -81,9 +78,7 @@ def fetch_archives(
             dest.unlink(missing_ok=True)
         if dest.is_file():
             log(f"using {dest} (downloaded before; --force downloads again)")
-            from videotag.hashing import sha256_file
-
-            record = {"url": url, "file": a.file, "size": dest.stat().st_size, "sha256": sha256_file(dest)}
+            record = _record(url, a.file, dest)
         else:
             log(f"downloading {url}")
             try:
@@ -96,13 +91,18 @@ def fetch_archives(
     return out
 
 
+def _record(url: str | None, file: str, path: Path) -> dict:
+    """What the manifest's `downloads` records of an archive already on disk."""
+    return {"url": url, "file": file, "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def extract_member(archive: Path, a: Archive, dest_dir: Path) -> Path:
     """Stream `a.member` (matched by its path, else by its file name) out of a gzip/plain tar into dest_dir."""
     want = Path(a.member).name
     try:
         with tarfile.open(archive, "r:*") as tar:
             names = tar.getnames()
-            member = next((m for m in tar.getmembers() if m.isfile() and m.name.lstrip("./") == a.member), None)
+            member = next((m for m in tar.getmembers() if m.isfile() and m.name.removeprefix("./") == a.member), None)
             member = member or next((m for m in tar.getmembers() if m.isfile() and Path(m.name).name == want), None)
             if member is None:
                 shown = ", ".join(names[:8]) + (" …" if len(names) > 8 else "") or "nothing"
