@@ -16,8 +16,9 @@ End to end, every step a `videotag` subprocess except writing the videos:
 3. Training: `videotag train -f train.h5 -f val.h5 -l train.txt --val-labels val.txt -v vocab.txt -m MODEL
    -o RUN --epochs E` -- nothing else: default recipe, batch size, model config, seed.
 4. Held-out test: `videotag evaluate -m RUN/best.pt -f test.h5 -l test.txt`; the ensemble is
-   `videotag export` of the nextvlad and attention_lstm runs + `videotag ensemble` (equal weights) +
-   `videotag evaluate` of the ensemble directory.
+   `videotag export` of the nextvlad and attention_lstm runs + `videotag ensemble --tune-features val.h5
+   --tune-labels val.txt` (fusion weights chosen on the validation videos, which the members saw only for
+   picking best.pt; the grid includes each member alone) + `videotag evaluate` of the ensemble directory.
 
 Tasks (labels are VideoTag lists `VIDEO_ID<TAB>L1 L2 ...`, 0-based ids, + vocab.txt):
     order       every video shows the same three scenes (sky_sun, night_city, ocean_waves) as three shots of random
@@ -272,7 +273,8 @@ def run_task(
             exported.append(str(out))
         ens = runs_dir / "export_ensemble"
         shutil.rmtree(ens, ignore_errors=True)
-        videotag("ensemble", *exported, "-o", str(ens))
+        videotag("ensemble", *exported, "-o", str(ens), "--tune-features", str(stores["val"]),
+                 "--tune-labels", str(labels["val"]))  # fmt: skip
         build_s = time.perf_counter() - t0
         m = evaluate(ens, "ensemble")
         members = "+".join(ENSEMBLE_MEMBERS)

@@ -4,6 +4,11 @@ Checkpoint members are exported first (parity-checked). All members must share t
 (name + weights sha256) and the vocabulary; the merged ONNX graph averages their probabilities with the given
 weights, is checked against the members' own ONNX outputs, and gets a manifest whose `config` rebuilds the
 torch architecture with `create_model("ensemble", **config)`.
+
+Fusion weights are equal unless given, or tuned (`tune=(features, labels)`): every weight vector on a simplex grid
+is scored on those labelled videos (held out from the members' training, e.g. their validation set) and the one
+with the best GAP@20 wins; ties go to the lower log-loss, then to the weights closest to equal. The corners of the
+grid are the members alone, so on the tuning set the ensemble is never worse than its best member.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 
 from predictor.checkpoint import export_checkpoint
 from predictor.export import OPSET, PARITY_TOL, parity_batch
+from predictor.metrics import gap
 from predictor.models.ensemble import compose_onnx, normalise_weights
 from videotag.errors import ModelMismatchError
 from videotag.manifest import (
@@ -81,17 +87,81 @@ def _parity(merged: Path, member_files: list[Path], weights: list[float], featur
     return float(np.abs(run(merged) - ref).max())
 
 
-def build_ensemble(members: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None) -> Path:
-    """Write an ensemble predictor dir (model.onnx + labels.txt + manifest.json) and return its path."""
+def simplex_grid(n: int, step: float) -> list[tuple[float, ...]]:
+    """Every weight vector of n non-negative multiples of `step` summing to 1 (n=2, step 0.5: (0,1), (.5,.5), (1,0))."""
+    units = round(1.0 / step)
+    if n < 1 or units < 1 or abs(units * step - 1.0) > 1e-9:
+        raise ValueError(f"the tuning grid step must divide 1 (e.g. 0.05), got {step}")
+
+    def parts(k: int, left: int) -> list[tuple[int, ...]]:
+        return [(left,)] if k == 1 else [(i, *rest) for i in range(left + 1) for rest in parts(k - 1, left - i)]
+
+    return [tuple(u / units for u in p) for p in parts(n, units)]
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
+
+
+def tune_weights(scores: Sequence[np.ndarray], targets: np.ndarray, step: float = 0.05, k: int = 20) -> dict[str, Any]:
+    """Fusion weights for member probabilities `scores` (each [N, C]) against `targets` [N, C]: best GAP@k on the
+    simplex grid, ties (within 1e-9) to the lower log-loss, then to the weights nearest equal. Returns
+    {"weights", "gap@k", "log_loss", "equal_weights_gap@k", "members_gap@k", "grid_step", "candidates"}."""
+    n = len(scores)
+    equal = np.full(n, 1.0 / n)
+    best: tuple[float, float, float] | None = None
+    chosen: tuple[float, ...] = tuple(equal)
+    grid = simplex_grid(n, step)
+    for w in grid:
+        fused = sum(wi * s for wi, s in zip(w, scores, strict=True))
+        # Rounded: float noise must not beat the next criterion (identical members -> equal weights).
+        key = (-round(gap(fused, targets, k), 9), round(_log_loss(fused, targets), 9),
+               round(float(np.abs(np.array(w) - equal).sum()), 9))  # fmt: skip
+        if best is None or key < best:
+            best, chosen = key, w
+    assert best is not None
+    equal_fused = sum(s / n for s in scores)
+    return {
+        "weights": [float(w) for w in chosen],
+        f"gap@{k}": -best[0],
+        "log_loss": best[1],
+        f"equal_weights_gap@{k}": gap(equal_fused, targets, k),
+        f"members_gap@{k}": [gap(s, targets, k) for s in scores],
+        "grid_step": step,
+        "candidates": len(grid),
+    }
+
+
+def build_ensemble(
+    members: Sequence[str | Path],
+    out_dir: str | Path,
+    weights: Sequence[float] | None = None,
+    tune: tuple[Sequence[str | Path], str | Path] | None = None,
+    tune_step: float = 0.05,
+) -> Path:
+    """Write an ensemble predictor dir (model.onnx + labels.txt + manifest.json) and return its path.
+    `tune=(feature stores, label file)`: choose the weights on those videos (module doc) instead of `weights`."""
     if not members:
         raise ValueError("an ensemble needs at least one member")
+    if tune is not None and weights is not None:
+        raise ValueError("give fusion weights or a tuning set, not both")
     norm = normalise_weights(weights, len(members))
     out = Path(out_dir)
+    tuning: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="videotag-ensemble-") as tmp_s:
         tmp = Path(tmp_s)
         dirs = _member_dirs(members, tmp)
         manifests = [read_manifest(d, kind="predictor") for d in dirs]
         _check_compatible(manifests, dirs)
+        if tune is not None:
+            from predictor.evaluate import score_labelled
+
+            features, labels = tune
+            scored = [score_labelled(d, features, labels) for d in dirs]
+            tuning = tune_weights([s[0] for s in scored], scored[0][1], tune_step)
+            tuning.update(features=[str(f) for f in features], labels=str(labels), videos=int(len(scored[0][1])))
+            norm = weights = tuning["weights"]
         files = [d / m["weights"] for d, m in zip(dirs, manifests, strict=True)]
         with staged_dir(out) as stage:
             compose_onnx(files, norm, stage / WEIGHTS_NAME)
@@ -126,6 +196,7 @@ def build_ensemble(members: Sequence[str | Path], out_dir: str | Path, weights: 
                 "opset": OPSET,
                 "onnx_parity_max_abs_diff": diff,
                 "fusion_weights": norm,
+                **({"fusion_tuning": tuning} if tuning else {}),
                 "members": [
                     {
                         "source": str(src),

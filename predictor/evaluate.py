@@ -98,6 +98,37 @@ class _Scorer:
         return predict_torch(self.model, dataset, batch_size)
 
 
+def score_labelled(
+    model: str | Path,
+    features: Sequence[str | Path],
+    labels: str | Path,
+    vocab: str | Path | None = None,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray, Vocabulary, dict[str, Any], _Scorer]:
+    """Scores of `model` on the labelled videos of a feature store: (probabilities [N, C], targets [N, C] 0/1,
+    the model's vocabulary, the store's backbone record, the scorer). Refuses mismatched vocabularies/backbones."""
+    scorer = _Scorer(model)
+    if vocab is not None:
+        v = Vocabulary.load(vocab)
+        if v.sha256 != scorer.vocab.sha256:
+            raise ModelMismatchError(
+                f"labels use vocabulary {vocab} ({len(v)} classes, sha256 {v.sha256[:12]}…) but model {model} "
+                f"predicts another one ({len(scorer.vocab)} classes, sha256 {scorer.vocab.sha256[:12]}…)"
+            )
+    store = FeatureStore(features)
+    try:
+        res = load_labelled(labels, scorer.vocab, store)
+        have = store_backbone(store, res.video_ids)
+        check_backbone(scorer.name, scorer.backbone, have)
+        ds = SequenceDataset(store, res.video_ids, res.labels, len(scorer.vocab))
+        probs = scorer.predict(ds, batch_size)
+    finally:
+        store.close()
+    if not np.isfinite(probs).all():
+        raise DatasetError(f"model {model} produced NaN/inf scores (NaN features in the store? run check-dataset)")
+    return probs, ds.targets, scorer.vocab, have, scorer
+
+
 def evaluate(
     model: str | Path,
     features: Sequence[str | Path],
@@ -112,23 +143,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of `model` on the labelled videos; writes the JSON report when `out_json` is given and every
     output file (module doc) into `out_dir` when given. The report's "outputs" lists the files written."""
-    scorer = _Scorer(model)
-    if vocab is not None:
-        v = Vocabulary.load(vocab)
-        if v.sha256 != scorer.vocab.sha256:
-            raise ModelMismatchError(
-                f"labels use vocabulary {vocab} ({len(v)} classes, sha256 {v.sha256[:12]}…) but model {model} "
-                f"predicts another one ({len(scorer.vocab)} classes, sha256 {scorer.vocab.sha256[:12]}…)"
-            )
-    store = FeatureStore(features)
-    res = load_labelled(labels, scorer.vocab, store)
-    have = store_backbone(store, res.video_ids)
-    check_backbone(scorer.name, scorer.backbone, have)
-    ds = SequenceDataset(store, res.video_ids, res.labels, len(scorer.vocab))
-    probs = scorer.predict(ds, batch_size)
-    if not np.isfinite(probs).all():
-        raise DatasetError(f"model {model} produced NaN/inf scores (NaN features in the store? run check-dataset)")
-    metrics = evaluate_all(probs, ds.targets, gap_k=gap_k, recall_ks=recall_ks)
+    probs, targets, model_vocab, have, scorer = score_labelled(model, features, labels, vocab, batch_size)
+    metrics = evaluate_all(probs, targets, gap_k=gap_k, recall_ks=recall_ks)
     report = {
         "model": str(model),
         "model_kind": scorer.kind,
@@ -136,13 +152,12 @@ def evaluate(
         "features": [str(f) for f in features],
         "labels": str(labels),
         "backbone": have,
-        "vocabulary": {"num_classes": len(scorer.vocab), "sha256": scorer.vocab.sha256},
+        "vocabulary": {"num_classes": len(model_vocab), "sha256": model_vocab.sha256},
         "metrics": metrics,
         "created": now_iso(),
     }
-    store.close()
     if out_dir is not None:
-        report["outputs"] = write_outputs(Path(out_dir), report, probs, ds.targets, scorer.vocab, pr_top)
+        report["outputs"] = write_outputs(Path(out_dir), report, probs, targets, model_vocab, pr_top)
     if out_json is not None:
         _write_text(Path(out_json), json.dumps(report, indent=2) + "\n")
     return report

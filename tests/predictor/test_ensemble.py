@@ -155,3 +155,74 @@ def test_cli_refuses_incompatible_members(tmp_path: Path) -> None:
     out = vt("ensemble", a, tmp_path / "missing.pt", "--out", tmp_path / "e4", code=2)
     assert "missing.pt" in out and "not found" in out
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
+
+
+def test_simplex_grid() -> None:
+    from predictor.ensemble_builder import simplex_grid
+
+    assert simplex_grid(2, 0.5) == [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+    grid = simplex_grid(3, 0.05)
+    assert len(grid) == 231 and all(abs(sum(w) - 1) < 1e-9 for w in grid)
+    assert (1.0, 0.0, 0.0) in grid and (0.0, 0.0, 1.0) in grid
+    with pytest.raises(ValueError, match="must divide 1"):
+        simplex_grid(2, 0.3)
+
+
+def test_tune_weights_never_below_the_best_member_and_breaks_ties_sensibly() -> None:
+    from predictor.ensemble_builder import tune_weights
+    from predictor.metrics import gap
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((40, C), np.float32)
+    y[np.arange(40), rng.integers(0, C, 40)] = 1
+    good = np.clip(y * 0.9 + rng.random(y.shape) * 0.05, 0, 1)  # ranks every video right, confident
+    noise = rng.random(y.shape).astype(np.float32)
+    t = tune_weights([noise, good], y)
+    assert t["gap@20"] >= max(t["members_gap@20"]) == pytest.approx(gap(good, y))
+    assert t["weights"][1] > t["weights"][0]
+    assert t["equal_weights_gap@20"] <= t["gap@20"]
+    # Both rank perfectly: GAP ties everywhere, the log-loss picks the better-calibrated member.
+    timid = 0.4 + 0.2 * good
+    t2 = tune_weights([timid, good], y)
+    assert t2["gap@20"] == pytest.approx(1.0) and t2["weights"] == [0.0, 1.0]
+    # Identical members: every weight is as good; the nearest to equal wins.
+    assert tune_weights([good, good], y)["weights"] == [0.5, 0.5]
+
+
+def _perfect_frame_pool(seed: int) -> SequenceModel:
+    m = _model("frame_pool", {}, seed)
+    with torch.no_grad():
+        m.classifier.weight.zero_()
+        m.classifier.weight[:, :C] = 6 * torch.eye(C)
+        m.classifier.bias.fill_(-3.0)
+    return m
+
+
+def test_cli_ensemble_tunes_its_weights_on_held_out_videos(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    recs, lines = [], []
+    for i in range(30):
+        c = int(rng.integers(0, C))
+        x = 0.1 * rng.standard_normal((int(rng.integers(3, 12)), D)).astype(np.float32)
+        x[:, c] += 1.0
+        recs.append(FeatureRecord(f"v{i}", x, f"/x/{i}.mp4", backbone=BACKBONE["name"],
+                                  backbone_sha256=BACKBONE["sha256"]))  # fmt: skip
+        lines.append(f"v{i} {c}\n")
+    store = write_shard(tmp_path / "val.h5", recs)
+    labels = tmp_path / "val.txt"
+    labels.write_text("".join(lines))
+    noisy = _checkpoint(_model("frame_pool", {}, 5), tmp_path / "noisy.pt")
+    good = _checkpoint(_perfect_frame_pool(6), tmp_path / "good.pt")
+    out = vt("ensemble", noisy, good, "--out", tmp_path / "ens", "--tune-features", store, "--tune-labels", labels,
+             "--eval-features", store, "--eval-labels", labels)  # fmt: skip
+    assert "fusion weights" in out and "chosen on 30 videos" in out
+    m = json.loads((tmp_path / "ens" / "manifest.json").read_text())
+    t = m["fusion_tuning"]
+    assert t["videos"] == 30 and t["labels"] == str(labels) and t["grid_step"] == 0.05
+    assert m["fusion_weights"] == pytest.approx(t["weights"]) and t["weights"][1] > t["weights"][0]
+    assert m["metrics"]["gap@20"] >= max(t["members_gap@20"]) - 1e-6 and t["members_gap@20"][1] == pytest.approx(1.0)
+    out = vt("ensemble", noisy, good, "--out", tmp_path / "e2", "--weights", "1,1", "--tune-features", store,
+             "--tune-labels", labels, code=2)  # fmt: skip
+    assert "not both" in out
+    out = vt("ensemble", noisy, good, "--out", tmp_path / "e3", "--tune-features", store, code=2)
+    assert "go together" in out

@@ -332,6 +332,12 @@ def ensemble_cmd(
     members: list[str] = typer.Argument(..., help="Exported model dirs, checkpoints or training run dirs."),
     out: Path = typer.Option(..., "--out", "-o", help="Ensemble model directory to write."),
     weights: str = typer.Option(None, "--weights", "-w", help="Comma-separated fusion weights (default equal)."),
+    tune_features: list[Path] = typer.Option(
+        None, "--tune-features", help="Choose the fusion weights on these feature stores (e.g. the validation set "
+        "the members did not train on): best GAP@20 on a weight grid, the members alone included."
+    ),
+    tune_labels: Path = typer.Option(None, "--tune-labels", help="...with these labels."),
+    tune_step: float = typer.Option(0.05, "--tune-step", help="Grid step of the weight search."),
     eval_features: list[Path] = typer.Option(None, "--eval-features", help="Evaluate the ensemble on these..."),
     eval_labels: Path = typer.Option(None, "--eval-labels", help="...with these labels; metrics go in the manifest."),
 ) -> None:
@@ -344,8 +350,23 @@ def ensemble_cmd(
             w = [float(x) for x in weights.split(",")]
         except ValueError:
             raise ValueError(f"--weights must be comma-separated numbers, got {weights!r}") from None
-    d = build_ensemble([_resolve_model(m) if not Path(m).exists() else Path(m) for m in members], out, w)
+    if bool(tune_features) != bool(tune_labels):
+        raise ValueError("--tune-features and --tune-labels go together")
+    if tune_features and w is not None:
+        raise ValueError("give --weights or --tune-features/--tune-labels, not both")
+    tune = (tune_features, tune_labels) if tune_features else None
+    paths = [_resolve_model(m) if not Path(m).exists() else Path(m) for m in members]
+    d = build_ensemble(paths, out, w, tune=tune, tune_step=tune_step)
     typer.echo(f"ensemble of {len(members)} -> {d}")
+    if tune:
+        from videotag.manifest import read_manifest
+
+        t = read_manifest(d, kind="predictor")["fusion_tuning"]
+        typer.echo(
+            f"fusion weights {', '.join(f'{x:.2f}' for x in t['weights'])} chosen on {t['videos']} videos: "
+            f"GAP@20 {t['gap@20']:.4f} (equal weights {t['equal_weights_gap@20']:.4f}, members "
+            + ", ".join(f"{g:.4f}" for g in t["members_gap@20"]) + ")"
+        )
     if eval_features and eval_labels:
         from predictor.evaluate import evaluate
 
