@@ -70,7 +70,7 @@ def run(size: str, out: Path, seed: int, threads: int) -> list[dict]:
             run_dir = out / "runs" / f"{task.name}_{model}"
             t0 = time.perf_counter()
             tr = videotag(
-                "train", "-f", str(task.stores["train"]), "-l", str(task.labels["train"]), "-v", str(task.vocab),
+                "train", "-f", str(task.stores["train"]), "-l", str(task.labels["train"]), "--vocab", str(task.vocab),
                 "-o", str(run_dir), "-m", model, "--epochs", str(s["epochs"]),
                 "--seed", str(seed), "--threads", str(threads), "--no-progress", *extra,
             )  # fmt: skip

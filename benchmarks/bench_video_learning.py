@@ -13,7 +13,7 @@ End to end, every step a `videotag` subprocess except writing the videos:
    size (2 shared CPU cores: writing and extracting the videos is most of the run's cost besides training).
    Stores are cached: a re-run skips extraction when ROOT/<size>/<task>/features/<split>.h5 exists (delete it
    to re-extract) and video writing when labels/<split>.txt exists.
-3. Training: `videotag train -f train.h5 -f val.h5 -l train.txt --val-labels val.txt -v vocab.txt -m MODEL
+3. Training: `videotag train -f train.h5 -f val.h5 -l train.txt --val-labels val.txt --vocab vocab.txt -m MODEL
    -o RUN --epochs E` -- nothing else: default recipe, batch size, model config, seed.
 4. Held-out test: `videotag evaluate -m RUN/best.pt -f test.h5 -l test.txt`; the ensemble is
    `videotag export` of the nextvlad and attention_lstm runs + `videotag ensemble --tune-features val.h5
@@ -252,7 +252,7 @@ def run_task(
             run.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             videotag("train", "-f", str(stores["train"]), "-f", str(stores["val"]), "-l", str(labels["train"]),
-                     "--val-labels", str(labels["val"]), "-v", str(vocab), "-m", model, "-o", str(run),
+                     "--val-labels", str(labels["val"]), "--vocab", str(vocab), "-m", model, "-o", str(run),
                      "--epochs", str(epochs), log=runs_dir / f"train_{model}.log")  # fmt: skip
             info = {"train_s": round(time.perf_counter() - t0, 1), "code": git,
                     "torch_threads_env": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip

@@ -58,8 +58,8 @@ class DatasetPaths:
     problems: list[str] = field(default_factory=list)  # left-out videos and label lines, one message each
 
     def train_args(self) -> list[str]:
-        """`-f FEATURES -l TRAIN -v VOCAB [--val-labels VAL | --val-fraction 0]` for `videotag train`."""
-        args = ["-f", str(self.features), "-l", str(self.train), "-v", str(self.vocab)]
+        """`-f FEATURES -l TRAIN --vocab VOCAB [--val-labels VAL | --val-fraction 0]` for `videotag train`."""
+        args = ["-f", str(self.features), "-l", str(self.train), "--vocab", str(self.vocab)]
         return args + (["--val-labels", str(self.val)] if self.val else ["--val-fraction", "0"])
 
     def train_command(self, run_dir: str | Path | None = None) -> str:

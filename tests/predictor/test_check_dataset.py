@@ -33,7 +33,7 @@ def test_clean_dataset_passes(tmp_path: Path) -> None:
     store = write_shard(tmp_path / "a.h5", [_rec(f"v{i}", seed=i) for i in range(6)])
     labels = tmp_path / "labels.txt"
     labels.write_text("v0 0 1\nv1 1\nv2 2\n/src/v3.mp4 3\nv4 0\nv5 0 3\n")
-    out = vt("check-dataset", "-f", store, "-l", labels, "-v", _vocab(tmp_path), "-o", tmp_path / "rep", code=0)
+    out = vt("check-dataset", "-f", store, "-l", labels, "--vocab", _vocab(tmp_path), "-o", tmp_path / "rep", code=0)
     assert "dataset OK" in out and "6 videos in the store, 6 labelled" in out
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["ok"] and rep["errors"] == []
@@ -63,7 +63,7 @@ def test_every_problem_is_reported_without_a_traceback(tmp_path: Path) -> None:
     labels.write_text(
         "v0 0 1\nv1 2\nv4 9\nv5 x\nnosuch 1\nv0 1\nv6\n/src/v7.mp4 3\n",
     )
-    out = vt("check-dataset", "-f", tmp_path, "-l", labels, "-v", _vocab(tmp_path), "-o", tmp_path / "rep", code=1)
+    out = vt("check-dataset", "-f", tmp_path, "-l", labels, "--vocab", _vocab(tmp_path), "-o", tmp_path / "rep", code=1)
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert not rep["ok"]
     codes = set(rep["error_counts"])
@@ -99,7 +99,7 @@ def test_csv_labels_and_missing_inputs(tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("id,labels\nv0,cat;dog\nv1,unicorn\nv2,tree\n")
     vocab = _vocab(tmp_path)
-    out = vt("check-dataset", "-f", store, "-l", labels, "-v", vocab, "-o", tmp_path / "r1", code=1)
+    out = vt("check-dataset", "-f", store, "-l", labels, "--vocab", vocab, "-o", tmp_path / "r1", code=1)
     assert "class name 'unicorn' of 'v1' is not in the vocabulary" in out
     rep = json.loads((tmp_path / "r1" / "report.json").read_text())
     assert rep["error_counts"] == {"unknown_class": 1}
@@ -107,7 +107,7 @@ def test_csv_labels_and_missing_inputs(tmp_path: Path) -> None:
     assert counts == {"cat": 1, "dog": 1, "car": 0, "tree": 1}
     assert any(w["code"] == "empty_classes" for w in rep["warnings"])
 
-    out = vt("check-dataset", "-f", tmp_path / "nope.h5", "-l", tmp_path / "nope.txt", "-v", tmp_path / "nope_vocab",
-             "-o", tmp_path / "r2", code=1)  # fmt: skip
+    out = vt("check-dataset", "-f", tmp_path / "nope.h5", "-l", tmp_path / "nope.txt",
+             "--vocab", tmp_path / "nope_vocab", "-o", tmp_path / "r2", code=1)  # fmt: skip
     rep = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert set(rep["error_counts"]) == {"bad_vocabulary", "missing_store"}

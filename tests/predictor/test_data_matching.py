@@ -148,7 +148,7 @@ def test_check_dataset_reports_mismatches(tree: dict) -> None:
         f"{clips / 'a.mp4'} 0\nnew.mp4 1\ngone.mp4 1\nalso gone.mp4 2\nclips/my clip.mp4 0\n"
         "ffffffffffffffffffffffffffffffff 1\n"
     )
-    r = CliRunner().invoke(app, ["check-dataset", "-f", str(tree["store"]), "-l", str(labels), "-v",
+    r = CliRunner().invoke(app, ["check-dataset", "-f", str(tree["store"]), "-l", str(labels), "--vocab",
                                  str(tree["vocab"]), "-o", str(root / "rep")])  # fmt: skip
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise AssertionError("".join(traceback.format_exception(r.exception)))

@@ -51,7 +51,7 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SyntheticTask]:
 
 
 def _train_args(task: SyntheticTask, out: Path, *extra: object) -> list[object]:
-    return ["train", "-f", task.stores["train"], "-l", task.labels["train"], "-v", task.vocab, "-o", out,
+    return ["train", "-f", task.stores["train"], "-l", task.labels["train"], "--vocab", task.vocab, "-o", out,
             "--batch-size", 32, "--threads", 1, "--no-progress", *extra]  # fmt: skip
 
 
@@ -123,7 +123,7 @@ def test_nextvlad_learns_multilabel_exports_and_serves(
     other = tasks["order"]
     out = vt("evaluate", "-m", model_dir, "-f", other.stores["test"], "-l", task.labels["test"], code=2)
     assert "error:" in out
-    out = vt("evaluate", "-m", model_dir, "-f", task.stores["test"], "-l", other.labels["test"], "-v", other.vocab,
+    out = vt("evaluate", "-m", model_dir, "-f", task.stores["test"], "-l", other.labels["test"], "--vocab", other.vocab,
              code=2)  # fmt: skip
     assert "vocabulary" in out
 
@@ -207,7 +207,7 @@ def test_finetune_to_a_new_vocabulary_keeps_all_but_the_output_layer(
         rows.append(f"{vid}," + ";".join(("first", "second", "third")[int(i)] for i in ids if int(i) < 3))
     labels.write_text("\n".join(rows) + "\n")
     src = nextvlad_run / "best.pt"
-    out = vt("train", "-f", task.stores["train"], "-l", labels, "-v", vocab, "-o", tmp_path / "ft",
+    out = vt("train", "-f", task.stores["train"], "-l", labels, "--vocab", vocab, "-o", tmp_path / "ft",
              "--init-from", src, "--epochs", 1, "--optimizer", "sgd", "--lr", "1e-12", "--threads", 1,
              "--no-progress")  # fmt: skip
     assert "new output layer" in out
@@ -238,14 +238,14 @@ def test_bad_input_is_one_clear_error(tasks: dict[str, SyntheticTask], tmp_path:
     task = tasks["multilabel"]
     bad = tmp_path / "bad.txt"
     bad.write_text("multilabel-train-000000 1 2\nmultilabel-train-000001 99\nno-such-video 1\n")
-    out = vt("train", "-f", task.stores["train"], "-l", bad, "-v", task.vocab, "-o", tmp_path / "r", code=2)
+    out = vt("train", "-f", task.stores["train"], "-l", bad, "--vocab", task.vocab, "-o", tmp_path / "r", code=2)
     assert f"{bad}:2: label id 99" in out and "out of range" in out
     assert f"{bad}:3: 'no-such-video' is not in the feature store" in out
     out = vt(*_train_args(task, tmp_path / "r2", "-m", "nosuchmodel"), code=2)
     assert "unknown model 'nosuchmodel'" in out
     # Stores from two backbones are never mixed.
     mixed = ["train", "-f", task.stores["train"], "-f", tasks["order"].stores["train"], "-l", task.labels["train"],
-             "-v", task.vocab, "-o", tmp_path / "r3"]  # fmt: skip
+             "--vocab", task.vocab, "-o", tmp_path / "r3"]  # fmt: skip
     out = vt(*mixed, code=2)
     assert "different backbones" in out
     out = vt(*_train_args(task, tmp_path / "r4", "-m", "nextvlad", "-s", "groups=5"), code=2)
@@ -256,7 +256,7 @@ def test_bad_input_is_one_clear_error(tasks: dict[str, SyntheticTask], tmp_path:
     with h5py.File(store, "r+") as f:
         f["videos/n2"][1, 1] = np.nan
     (tmp_path / "nan.txt").write_text("n0 0\nn1 1\nn2 2\nn3 3\n")
-    out = vt("train", "-f", store, "-l", tmp_path / "nan.txt", "-v", task.vocab, "-o", tmp_path / "r5", "-m",
+    out = vt("train", "-f", store, "-l", tmp_path / "nan.txt", "--vocab", task.vocab, "-o", tmp_path / "r5", "-m",
              "frame_pool", "--epochs", 1, "--val-fraction", 0, code=2)  # fmt: skip
     assert "video 'n2': features contain NaN" in out
 
@@ -286,7 +286,7 @@ def _flat_store(
 
 def test_not_learning_is_reported_and_fails_on_request(tmp_path: Path) -> None:
     store, labels, vocab = _flat_store(tmp_path)
-    base = ["train", "-f", store, "-l", labels, "-v", vocab, "-m", "frame_pool", "--val-fraction", 0.25,
+    base = ["train", "-f", store, "-l", labels, "--vocab", vocab, "-m", "frame_pool", "--val-fraction", 0.25,
             "--threads", 1, "--no-progress"]  # fmt: skip
     out = vt(*base, "-o", tmp_path / "r", "--epochs", 4, "--patience", 1)
     assert "warning: not learning" in out and "constant predictor" in out and "collapsed" in out
@@ -304,7 +304,7 @@ def test_not_learning_is_reported_and_fails_on_request(tmp_path: Path) -> None:
 
 def test_early_stopping_once_learned(tmp_path: Path) -> None:
     store, labels, vocab = _flat_store(tmp_path, n=48, easy=True)
-    base = ["train", "-f", store, "-l", labels, "-v", vocab, "-m", "frame_pool", "--val-fraction", 0.25,
+    base = ["train", "-f", store, "-l", labels, "--vocab", vocab, "-m", "frame_pool", "--val-fraction", 0.25,
             "--threads", 1, "--no-progress", "-o", tmp_path / "r", "--epochs", 12, "--patience", 2,
             "--lr", 0.1]  # fmt: skip
     out = vt(*base, "--fail-if-not-learning")
@@ -319,7 +319,7 @@ def test_early_stopping_once_learned(tmp_path: Path) -> None:
 
 def test_divergence_stops_with_a_warning(tmp_path: Path) -> None:
     store, labels, vocab = _flat_store(tmp_path)
-    out = vt("train", "-f", store, "-l", labels, "-v", vocab, "-o", tmp_path / "r", "-m", "frame_pool",
+    out = vt("train", "-f", store, "-l", labels, "--vocab", vocab, "-o", tmp_path / "r", "-m", "frame_pool",
              "--optimizer", "sgd", "--lr", "1e38", "--clip-grad", 0, "--warmup-steps", 0, "--epochs", 5,
              "--threads", 1, "--no-progress", "--fail-if-not-learning", code=3)  # fmt: skip
     assert "diverged" in out
@@ -329,7 +329,7 @@ def test_divergence_stops_with_a_warning(tmp_path: Path) -> None:
 
 def test_mixed_sampling_policies_are_refused(tmp_path: Path) -> None:
     store, labels, vocab = _flat_store(tmp_path, n=12, sampling={0: "uniform", 5: "uniform", 7: "timestamp"})
-    out = vt("train", "-f", store, "-l", labels, "-v", vocab, "-o", tmp_path / "r", "-m", "frame_pool",
+    out = vt("train", "-f", store, "-l", labels, "--vocab", vocab, "-o", tmp_path / "r", "-m", "frame_pool",
              "--epochs", 1, "--no-progress", code=2)  # fmt: skip
     assert "different frame-sampling policies" in out
     assert "9 video(s) 'segment'" in out and "2 video(s) 'uniform'" in out and "1 video(s) 'timestamp'" in out

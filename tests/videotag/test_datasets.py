@@ -57,7 +57,7 @@ def test_folder_per_class(videos: Path, default_weights: Path, monkeypatch: pyte
     assert any("loose.mp4" in p for p in summary["problems"])
     flat = " ".join(output.split())
     assert "10 video(s), 3 classes: 6 train, 3 val, 1 failed" in flat
-    assert ("next: videotag train -f ds/features/efficientnet_lite0 -l ds/train.txt -v ds/vocab.txt "
+    assert ("next: videotag train -f ds/features/efficientnet_lite0 -l ds/train.txt --vocab ds/vocab.txt "
             "--val-labels ds/val.txt -o runs/ds") in flat  # fmt: skip
     with FeatureStore(ds / "features") as store:
         assert len(store) == 9 and all(store.get(v).num_frames == 8 for v in train)
@@ -75,7 +75,7 @@ def test_folder_per_class(videos: Path, default_weights: Path, monkeypatch: pyte
     out = vt("dataset", "videos", "--out", "ds", "--frames", "4", code=2)  # never mixes 8- and 4-frame features
     assert "holds 8 frames" in " ".join(out.split()) and "use another --out" in " ".join(out.split())
     # check-dataset agrees the dataset is clean
-    out = vt("check-dataset", "-f", ds / "features", "-l", ds / "train.txt", "-v", ds / "vocab.txt", "-o", "rep")
+    out = vt("check-dataset", "-f", ds / "features", "-l", ds / "train.txt", "--vocab", ds / "vocab.txt", "-o", "rep")
     assert "dataset OK" in out and "matched by: id 6" in out
 
 
@@ -118,5 +118,5 @@ def test_train_videos_builds_the_dataset_then_trains(
     assert rc["sampling"] == "uniform" and len(_list(run / "dataset" / "val.txt")) == 3
     assert "10 video(s), 3 classes: 6 train, 3 val, 1 failed" in " ".join(output.split())
     out = vt("train", "--videos", "videos", "-f", "x.h5", "-o", "runs/w", code=2)
-    assert "drop -f/-l/-v" in out
+    assert "drop -f/-l/--vocab/--val-labels" in " ".join(out.split())
     assert "give --videos DIR" in vt("train", "-o", "runs/w", code=2)

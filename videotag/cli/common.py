@@ -27,6 +27,10 @@ DeviceOpt = Annotated[
 ]
 
 
+# -v means the same in every command: more log output (never a short form of another option).
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: info logs, -vv: debug.")]
+
+
 def setup_logging(verbose: int = 0) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
@@ -53,20 +57,21 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however long
     raise typer.Exit(code)
 
 
 def guard(fn):
-    """Turn expected errors (bad files, mismatched models) into one clear line, not a traceback."""
+    """The one error handler of every command: expected errors (bad input files and options, mismatched models,
+    unreadable paths) -> one `error:` line and exit 2, never a traceback; Ctrl-C -> exit 130."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except VideotagError as e:
-            fail(str(e))
+        except (VideotagError, ValueError, OSError) as e:
+            fail(escape(str(e)))
         except KeyboardInterrupt:
             console.print("interrupted")
             sys.exit(130)

@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from videotag import pipeline
 from videotag.catalog import AVAILABLE
 from videotag.cli.app import app
-from videotag.cli.common import DeviceOpt, console, fail, guard, make_settings, out, setup_logging
+from videotag.cli.common import DeviceOpt, Verbose, console, fail, guard, make_settings, out, setup_logging
 from videotag.schema import VideoResult
 from videotag.settings import Settings
 
-Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: info logs, -vv: debug.")]
 Lang = Annotated[
     str | None,
     typer.Option(
@@ -162,56 +162,79 @@ def _human(n: int) -> str:
 
 
 def _progress(total: int) -> Progress:
+    """One live bar on stderr: what, bar, n/total, ok/failed counts, times, the file in hand (fits 80 columns)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("[dim]{task.fields[current]}"),
         console=console,
         disable=total <= 1,
     )
 
 
+def short_name(source: str, width: int = 22) -> str:
+    """The file name of a path/URL, middle-elided to `width` characters (for the live bar)."""
+    name = source.rstrip("/").rsplit("/", 1)[-1] or source
+    if len(name) <= width:
+        return name
+    half = (width - 1) // 2
+    return f"{name[:half]}…{name[-(width - 1 - half):]}"
+
+
 def _print_result(res: VideoResult, show: int | None) -> None:
+    # Printed through the bar's console: rich draws results above the live bar and redraws it once below, so
+    # no stale copies of the bar are left in the scrollback (results on stdout when it is not the terminal).
+    con = console if console.is_terminal and out.is_terminal else out
     if not res.ok:
-        console.print(f"[red]FAILED[/] {res.source}: [bold]{res.error['code']}[/]: {res.error['reason']}")
+        console.print(f"[red]FAILED[/] {escape(res.source)}: [bold]{res.error['code']}[/]: "
+                      f"{escape(res.error['reason'])}", soft_wrap=True)  # fmt: skip
         return
     if not res.tags:
         note = "features stored" if res.model is None else "no tag above the threshold"
-        out.print(f"[bold]{res.source}[/]: {note}")
+        con.print(f"[bold]{escape(res.source)}[/]: {note}", soft_wrap=True)
         return
-    out.print(f"[bold]{res.source}[/]  [dim]{res.video_id} · {res.model}[/]")
+    # Two short lines, not one that wraps at 80 columns: the source, then id and model.
+    con.print(f"[bold]{escape(res.source)}[/]", soft_wrap=True, highlight=False)
+    con.print(f"  [dim]{res.video_id} · {escape(str(res.model))}[/]", highlight=False)
     t = Table(show_edge=False, pad_edge=False, box=None)
     t.add_column("rank", justify="right")
     t.add_column("class_id", justify="right")
-    t.add_column("class_name")
+    t.add_column("class_name", overflow="fold")
     t.add_column("probability", justify="right")
     for i, tag in enumerate(res.tags if show is None else res.tags[:show], 1):
-        t.add_row(str(i), str(tag.class_id), tag.class_name, f"{tag.probability:.4f}")
-    out.print(t)
+        t.add_row(str(i), str(tag.class_id), escape(tag.class_name), f"{tag.probability:.4f}")
+    con.print(t)
 
 
 def _report(
     results: Iterable[VideoResult],
-    total: int,
+    sources: list[str] | int,
     label: str,
     out_dir: Path | None,
     show: int | None,
     as_json: bool,
     note: str = "",
 ) -> int:
-    """Print/write each result as it comes, a progress bar for batches, a summary; exit status 1 on any failure."""
+    """Print/write each result as it comes, a progress bar for batches, a summary; exit status 1 on any failure.
+    Results come in the order of `sources`, so the bar names the next one as the file in hand (an int: a count
+    only, nothing named)."""
     writer = pipeline.ResultWriter(out_dir) if out_dir else None
+    total = sources if isinstance(sources, int) else len(sources)
+    names = [] if isinstance(sources, int) else [short_name(s) for s in sources]
     ok = failed = 0
     t0 = time.perf_counter()
     try:
         with _progress(total) as prog:
-            task = prog.add_task(label, total=total or None, ok=0, failed=0)
+            task = prog.add_task(label, total=total or None, ok=0, failed=0,
+                                 current=names[0] if names else "")  # fmt: skip
             for res in results:
                 ok, failed = ok + res.ok, failed + (not res.ok)
-                prog.update(task, advance=1, ok=ok, failed=failed)
+                done = ok + failed
+                prog.update(task, advance=1, ok=ok, failed=failed, current=names[done] if done < len(names) else "")
                 if writer:
                     writer.write(res)
                 if as_json:
@@ -225,7 +248,7 @@ def _report(
     console.print(
         f"[bold]{ok + failed} video(s): [green]{ok} ok[/], [{'red' if failed else 'green'}]{failed} failed[/][/]"
         f" in {dt:.1f}s ({(ok + failed) / max(dt, 1e-9):.2f} videos/s)"
-        + (f"; results in {out_dir}" if out_dir else "")
+        + (f"; results in {escape(str(out_dir))}" if out_dir else "")
         + note
     )
     return 1 if failed else 0
@@ -245,7 +268,7 @@ def _run(
         fail("no input videos (give files, directories, URLs or --filelist)")
     results = pipeline.tag_sources(sources, settings, model, features_out=features, predict=predict)
     note = f"; features in {features}" if features else ""
-    return _report(results, len(sources), "tagging" if predict else "extracting", out_dir, show, as_json, note)
+    return _report(results, sources, "tagging" if predict else "extracting", out_dir, show, as_json, note)
 
 
 Inputs = Annotated[
@@ -329,7 +352,7 @@ def tag(
     results = _visualizing(pipeline.tag_sources(sources, settings, model, features_out=features), visualize,
                            visualize_video)  # fmt: skip
     note = (f"; features in {features}" if features else "") + f"; pictures in {visualize}"
-    raise typer.Exit(_report(results, len(sources), "tagging", out_dir, show, as_json, note))
+    raise typer.Exit(_report(results, sources, "tagging", out_dir, show, as_json, note))
 
 
 def _visualizing(results: Iterable[VideoResult], out_dir: Path, video: bool) -> Iterable[VideoResult]:

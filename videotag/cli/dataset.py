@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from videotag.cli.app import app
-from videotag.cli.common import console, guard, make_settings, out, setup_logging
-from videotag.cli.core import BatchSize, Frames, Sampling, Verbose, _ensure_defaults, _progress
+from videotag.cli.common import Verbose, console, guard, make_settings, out, setup_logging
+from videotag.cli.core import BatchSize, Frames, Sampling, _ensure_defaults, _progress
 from videotag.schema import VideoResult
 from videotag.settings import Settings
 
@@ -84,7 +84,7 @@ def build_and_report(
     with _progress(2) as prog:  # always shown: extraction is the slow part
 
         def start(total: int) -> None:
-            state["task"] = prog.add_task("extracting", total=total, ok=0, failed=0)
+            state["task"] = prog.add_task("extracting", total=total, ok=0, failed=0, current="")
 
         def step(res: VideoResult) -> None:
             state["ok" if res.ok else "failed"] += 1

@@ -11,10 +11,9 @@ from typing import Annotated
 import typer
 
 from videotag.cli.app import app
-from videotag.cli.common import DeviceOpt, console, fail, guard, make_settings, out, setup_logging
+from videotag.cli.common import DeviceOpt, Verbose, console, fail, guard, make_settings, out, setup_logging
 from videotag.settings import Settings, get_settings
 
-Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: info logs, -vv: debug.")]
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Features, results, uploads, embedded Redis (settings.data_dir).")
 ]

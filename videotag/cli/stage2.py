@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from videotag.cli.app import app
-from videotag.errors import VideotagError
+from videotag.cli.common import guard
 
 _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
-
-
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input -> one clear `error:` line and exit code 2, never a traceback (bugs still raise)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (VideotagError, ValueError, OSError) as e:
-            _err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _parse_sets(pairs: list[str] | None, json_config: str | None) -> dict[str, Any]:
@@ -76,11 +60,11 @@ _LABELS_HELP = (
 
 
 @app.command("train")
-@_friendly
+@guard
 def train_cmd(
     features: list[Path] = typer.Option(None, "--features", "-f", help=_FEATURES_HELP),
     labels: Path = typer.Option(None, "--labels", "-l", help=_LABELS_HELP),
-    vocab: Path = typer.Option(None, "--vocab", "-v", help="Vocabulary: one class name per line, id = line number."),
+    vocab: Path = typer.Option(None, "--vocab", help="Vocabulary: one class name per line, id = line number."),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run directory: best.pt, last.pt, run_config.json, history.json, curves.png."
     ),
@@ -88,7 +72,7 @@ def train_cmd(
         None,
         "--videos",
         help="DIR/<class>/*.mp4 (one folder per class): build OUT/dataset first, as `videotag dataset` does "
-        "(features, vocabulary, stratified split by --val-fraction/--seed), then train on it. Replaces -f/-l/-v.",
+        "(features, vocabulary, stratified split by --val-fraction/--seed), then train on it. Replaces -f/-l/--vocab.",
     ),
     model: str = typer.Option(
         None,
@@ -158,7 +142,9 @@ def train_cmd(
 
     if videos is not None:
         if features or labels or vocab or val_labels:
-            raise ValueError("--videos builds the features, labels and vocabulary itself: drop -f/-l/-v/--val-labels")
+            raise ValueError(
+                "--videos builds the features, labels and vocabulary itself: drop -f/-l/--vocab/--val-labels"
+            )
         if (out / RUN_CONFIG).is_file() and not resume:
             raise ValueError(f"{out} already holds a training run; pass --resume to continue it or use a new --out")
         from videotag.cli.common import make_settings
@@ -224,14 +210,14 @@ def _resolve_model(name_or_path: str) -> Path:
 
 
 @app.command("evaluate")
-@_friendly
+@guard
 def evaluate_cmd(
     model: str = typer.Option(
         ..., "--model", "-m", help="Exported model dir (or name under weights/) or a checkpoint."
     ),
     features: list[Path] = typer.Option(..., "--features", "-f", help=_FEATURES_HELP),
     labels: Path = typer.Option(..., "--labels", "-l", help=_LABELS_HELP),
-    vocab: Path = typer.Option(None, "--vocab", "-v", help="Vocabulary of the labels (must be the model's)."),
+    vocab: Path = typer.Option(None, "--vocab", help="Vocabulary of the labels (must be the model's)."),
     out: Path = typer.Option(
         None,
         "--out",
@@ -269,7 +255,7 @@ def evaluate_cmd(
 
 
 @app.command("export")
-@_friendly
+@guard
 def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file or training run dir."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (model.onnx + manifest + labels)."),
@@ -289,11 +275,11 @@ def export_cmd(
 
 
 @app.command("check-dataset")
-@_friendly
+@guard
 def check_dataset_cmd(
     features: list[Path] = typer.Option(..., "--features", "-f", help=_FEATURES_HELP),
     labels: Path = typer.Option(..., "--labels", "-l", help=_LABELS_HELP),
-    vocab: Path = typer.Option(..., "--vocab", "-v", help="Vocabulary: one class name per line."),
+    vocab: Path = typer.Option(..., "--vocab", help="Vocabulary: one class name per line."),
     out: Path = typer.Option(Path("dataset-check"), "--out", "-o", help="Writes report.json + class_histogram.png."),
     show: int = typer.Option(20, help="Print at most this many errors and warnings."),
 ) -> None:
@@ -327,7 +313,7 @@ def check_dataset_cmd(
 
 
 @app.command("ensemble")
-@_friendly
+@guard
 def ensemble_cmd(
     members: list[str] = typer.Argument(..., help="Exported model dirs, checkpoints or training run dirs."),
     out: Path = typer.Option(..., "--out", "-o", help="Ensemble model directory to write."),
