@@ -13,6 +13,7 @@ _COMMAND_MODULES = [
     "videotag.cli.service",  # serve, worker, submit, status
     "videotag.cli.import_videotag",  # import-videotag
     "videotag.cli.dataset",  # dataset
+    "videotag.cli.optimize",  # optimize
 ]
 
 
