@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis.asyncio as aioredis
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 
-from api.security import check_api_key
+from api.security import Refused, check_api_key
 from videotag.jobs import JobStore
 from videotag.settings import Settings
-
-MAX_JSON_BYTES = 64 * 1024 * 1024  # JSON/text bodies (a filelist of ~500k paths); uploads have their own limit
 
 
 @dataclass
@@ -27,10 +27,39 @@ def state(request: Request) -> AppState:
     return request.app.state.vt
 
 
-def require_api_key(
-    request: Request, x_api_key: Annotated[str | None, Header(description="API key (when the server has keys)")] = None
-) -> None:
-    check_api_key(state(request).settings.api_keys, x_api_key)
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="APIKey",
+                       description="An API key (when the server has keys). A browser may send it instead as the "
+                       "password of HTTP Basic authentication (any user name), which /docs asks for.")  # fmt: skip
+KeyHeader = Annotated[str | None, Security(API_KEY)]
+
+
+def basic_password(request: Request) -> str | None:
+    """The password of an `Authorization: Basic` header (how a browser sends the key), else None."""
+    scheme, _, param = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user_pass = base64.b64decode(param.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return user_pass.partition(":")[2] or None
+
+
+def given_key(request: Request, key: str | None) -> str | None:
+    return key or basic_password(request)
+
+
+def require_api_key(request: Request, key: KeyHeader = None) -> None:
+    check_api_key(state(request).settings.api_keys, given_key(request, key))
+
+
+def require_api_key_browser(request: Request, key: KeyHeader = None) -> None:
+    """Like require_api_key, and a 401 asks a browser for credentials (Basic: any user, the key as password)."""
+    try:
+        check_api_key(state(request).settings.api_keys, given_key(request, key))
+    except Refused as e:
+        e.headers = {"WWW-Authenticate": 'Basic realm="videotag", charset="UTF-8"'}
+        raise
 
 
 State = Annotated[AppState, Depends(state)]

@@ -10,18 +10,17 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
+from api import errors, openapi
 from api.deps import AppState
 from api.metrics import HttpMetrics, RedisCollector
-from api.routes import batches, health, jobs, models, web
-from api.security import Refused
-from videotag.jobs import JobStore
+from api.routes import batches, docs, health, jobs, models, web
+from videotag.jobs import BLOCK_S, JobStore
 from videotag.settings import get_settings
 
 log = logging.getLogger("videotag.api")
@@ -32,7 +31,10 @@ def create_app() -> FastAPI:
     from workers.celery_app import redis_url
 
     url = redis_url(settings)
-    store = JobStore.from_url(url)
+    # Bounded waits: a Redis that is down answers "refused" at once, but a hung one must not hold a request
+    # forever (the handlers in api.errors turn these timeouts into 503). Reads outlast the longest BLPOP.
+    timeouts = {"socket_connect_timeout": 3.0, "socket_timeout": BLOCK_S + 8.0}
+    store = JobStore(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **timeouts))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -53,22 +55,21 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Large-scale video tagging: upload or name a video, get ranked tags; bulk filelists via batches.",
         lifespan=lifespan,
+        openapi_url=None,  # served by api.routes.docs: built by api.openapi, behind the API key when keys are set
+        docs_url=None,
+        redoc_url=None,
     )
-    app.state.vt = AppState(settings=settings, store=store, aredis=aioredis.Redis.from_url(url, decode_responses=True))
+    aredis = aioredis.Redis.from_url(url, decode_responses=True, **timeouts)
+    app.state.vt = AppState(settings=settings, store=store, aredis=aredis)
     app.state.registry = registry = CollectorRegistry()
     registry.register(RedisCollector(store))
+    errors.install(app)
 
-    @app.exception_handler(Refused)
-    async def refused(_: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        msgs = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(msgs) or "invalid request"}, status_code=422)
-
-    for r in (jobs.router, batches.router, models.router, health.router, web.router):
+    for r in (jobs.router, batches.router, models.router, health.router, docs.router, web.router):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
+    app.mount(docs.ASSETS_URL, docs.assets(), name="docs-assets")
+    app.state.openapi = openapi.Cached(app, settings)
+    app.openapi = app.state.openapi.get  # type: ignore[method-assign]
     app.add_middleware(HttpMetrics, registry=registry)
     return app

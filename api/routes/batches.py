@@ -7,54 +7,46 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from api.deps import MAX_JSON_BYTES, AppState, State, require_api_key
-from api.routes.jobs import ERRORS
-from api.schemas import BatchItem, BatchJSON, BatchOut, BatchResults, ErrorInfo, JobOut, Problem, RepredictJSON
+from api import limits
+from api.deps import AppState, State, require_api_key
+from api.errors import responses
+from api.openapi import BATCH_BODY, REPREDICT_BODY
+from api.schemas import BatchId, BatchItem, BatchOut, BatchResults, ErrorInfo, JobOut, Options, RepredictJSON
 from api.security import Refused, check_model_lang, check_model_name, check_url, resolve_server_path
-from api.uploads import read_body, read_json, receive_upload
+from api.uploads import read_body, receive_upload
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(require_api_key)])
-MAX_ITEMS = 1_000_000
 INLINE_ENQUEUE = 1000  # batches up to this size are fully queued before the response
 _REPORT = 5  # refused lines quoted in an error message
-
-BATCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": BatchJSON.model_json_schema()},
-            "text/plain": {"schema": {"type": "string", "description": "filelist: one path per line"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["filelist"],
-                    "properties": {
-                        "filelist": {"type": "string", "format": "binary"},
-                        "model": {"type": "string"},
-                        "lang": {"type": "string"},
-                        "topk": {"type": "integer"},
-                        "threshold": {"type": "number"},
-                    },
-                }
-            },
-        },
-    }
-}
+BATCH_TYPES = (limits.JSON, limits.TEXT, limits.MULTIPART)
+EXPECTED = ("application/json {\"paths\": [...]} or {\"filelist\": \"...\"}, text/plain (one path per line), or "
+            "multipart/form-data with a 'filelist' part")  # fmt: skip
 
 
-def _parse(model: type, raw: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise Refused(422, f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
-
-
-def _lines(text: str) -> list[str]:
-    return [ln.rstrip("\r") for ln in text.lstrip("\ufeff").split("\n") if ln.strip()]
+async def _read_batch(request: Request, st: AppState) -> tuple[Options, list[str]]:
+    """The batch's options and items from a JSON, text/plain or multipart body (limits: api.limits)."""
+    s = st.settings
+    ctype = limits.body_type(request, BATCH_TYPES, EXPECTED)
+    if ctype == limits.JSON:
+        body, items = limits.batch_json(await limits.read_json_object(request, s.max_filelist_bytes,
+                                                                      "max_filelist_bytes"))  # fmt: skip
+        return body, items
+    if ctype == limits.MULTIPART:
+        up = await receive_upload(request, s.uploads_dir, s.max_filelist_bytes, file_field="",
+                                  memory_fields=("filelist",), setting=limits.setting("max_filelist_bytes"),
+                                  what="filelist")  # fmt: skip
+        if up.path is not None:  # a stray file part: we only want the filelist
+            up.path.unlink(missing_ok=True)
+        if "filelist" not in up.files and "filelist" not in up.fields:
+            raise Refused(422, "multipart body has no 'filelist' part")
+        raw = up.files.get("filelist") or up.fields.get("filelist", "").encode()
+        fields = {k: v for k, v in up.fields.items() if k in ("model", "topk", "threshold", "lang")}
+        opts = limits.validate(Options, fields, strict=False)
+        return opts, limits.filelist_lines(raw.decode("utf-8", "replace"))
+    raw = await read_body(request, s.max_filelist_bytes, "filelist", limits.setting("max_filelist_bytes"))
+    return Options(), limits.filelist_lines(raw.decode("utf-8", "replace"))
 
 
 def _check_sources(items: list[str], st: AppState) -> list[str]:
@@ -82,32 +74,12 @@ def _batch_response(info: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers={"Location": f"/v1/batches/{info['batch_id']}"})
 
 
-@router.post("", status_code=202, response_model=BatchOut, openapi_extra=BATCH_BODY, responses=ERRORS)
+@router.post("", status_code=202, response_model=BatchOut, openapi_extra=BATCH_BODY,
+             responses=responses(400, 401, 403, 404, 413, 415, 422, 503))  # fmt: skip
 async def create_batch(request: Request, st: State) -> Response:
     """Queue a filelist (JSON `paths`/`filelist`, a text/plain body, or an uploaded `filelist` file)."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("application/json"):
-        body = _parse(BatchJSON, await read_json(request, MAX_JSON_BYTES))
-        items = list(body.paths or []) + (_lines(body.filelist) if body.filelist else [])
-    elif ctype.startswith("multipart/form-data"):
-        up = await receive_upload(request, st.settings.uploads_dir, MAX_JSON_BYTES, file_field="",
-                                  memory_fields=("filelist",))  # fmt: skip
-        if up.path is not None:  # a stray file part: we only want the filelist
-            up.path.unlink(missing_ok=True)
-        if "filelist" not in up.files and "filelist" not in up.fields:
-            raise Refused(400, "multipart body has no 'filelist' part")
-        raw = up.files.get("filelist") or up.fields.get("filelist", "").encode()
-        body = _parse(BatchJSON, {k: v for k, v in up.fields.items() if k in ("model", "topk", "threshold", "lang")})
-        items = _lines(raw.decode("utf-8", "replace"))
-    elif ctype.startswith("text/plain"):
-        body = BatchJSON()
-        items = _lines((await read_body(request, MAX_JSON_BYTES, "filelist")).decode("utf-8", "replace"))
-    else:
-        raise Refused(415, "send application/json, text/plain or multipart/form-data")
-    if not items:
-        raise Refused(400, "the filelist is empty")
-    if len(items) > MAX_ITEMS:
-        raise Refused(413, f"{len(items)} items; at most {MAX_ITEMS} per batch")
+    body, items = await _read_batch(request, st)
+    limits.check_batch(items, st.settings)
     sources = await run_in_threadpool(_check_sources, items, st)
     model = check_model_name(body.model, st.settings.weights_dir) or st.settings.model
     lang = check_model_lang(model, body.lang, st.settings.weights_dir)
@@ -138,17 +110,17 @@ async def _batch(st: AppState, batch_id: str) -> dict[str, Any]:
     return info
 
 
-@router.get("/{batch_id}", response_model=BatchOut, responses={404: {"model": Problem}})
-async def get_batch(batch_id: str, st: State) -> Response:
+@router.get("/{batch_id}", response_model=BatchOut, responses=responses(401, 404, 422, 503))
+async def get_batch(batch_id: BatchId, st: State) -> Response:
     """Progress: total, done, failed, pending, progress (0..1), status."""
     return _batch_response(await _batch(st, batch_id))
 
 
-@router.get("/{batch_id}/results", response_model=BatchResults, responses={404: {"model": Problem}})
+@router.get("/{batch_id}/results", response_model=BatchResults, responses=responses(401, 404, 422, 503))
 async def batch_results(
-    batch_id: str,
+    batch_id: BatchId,
     st: State,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**40)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> BatchResults:
     """Items in submission order, each with its status and result, or its error."""
@@ -173,11 +145,14 @@ async def batch_results(
     "/{batch_id}/repredict",
     status_code=202,
     response_model=BatchOut,
-    responses={**ERRORS, 404: {"model": Problem}, 409: {"model": Problem, "description": "Batch still running"}},
+    openapi_extra=REPREDICT_BODY,
+    responses=responses(400, 401, 404, 409, 413, 415, 422, 503, _409="Batch still running"),
 )
-async def repredict(batch_id: str, request: Request, st: State) -> Response:
+async def repredict(batch_id: BatchId, request: Request, st: State) -> Response:
     """Stage 2 only, with another model, on the batch's stored features (no decoding): a new batch."""
-    body = _parse(RepredictJSON, await read_json(request, MAX_JSON_BYTES))
+    limits.body_type(request, (limits.JSON,), 'application/json {"model": "..."}')
+    raw = await limits.read_json_object(request, st.settings.max_json_bytes, "max_json_bytes")
+    body = limits.validate(RepredictJSON, raw, strict=True)
     model = check_model_name(body.model, st.settings.weights_dir)
     lang = check_model_lang(model, body.lang, st.settings.weights_dir)
     info = await _batch(st, batch_id)

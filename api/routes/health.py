@@ -1,17 +1,23 @@
-"""GET /healthz (process up), /readyz (Redis + workers of both queues), /metrics (Prometheus)."""
+"""GET /healthz (process up), /readyz (Redis + workers of both queues), /metrics (Prometheus).
+
+With API keys set, /metrics needs one (unless `metrics_public`), and so does the detailed `/readyz?verbose=true`;
+the public readiness answer names no host, worker node, socket or path.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import AppState, State
+from api.deps import AppState, KeyHeader, State, given_key
+from api.errors import responses
 from api.schemas import Health, Ready
+from api.security import check_api_key
 from videotag.jobs import QUEUES
 
 router = APIRouter(tags=["health"])
@@ -39,34 +45,62 @@ def _workers_by_queue() -> dict[str, list[str]]:
 
 
 def check_ready(st: AppState) -> dict[str, Any]:
+    """The detailed answer (node names, the error as raised); `public()` makes the one anybody may see."""
     cached = st.ready_cache
     if cached and time.monotonic() - cached["at"] < READY_CACHE_S:
         return cached["body"]
-    body: dict[str, Any] = {"status": "not_ready", "redis": False, "workers": {q: [] for q in QUEUES}}
+    nodes: dict[str, list[str]] = {q: [] for q in QUEUES}
+    body: dict[str, Any] = {"status": "not_ready", "redis": False}
     try:
         body["redis"] = bool(st.store.r.ping())
-        body["workers"] = _workers_by_queue()
+        nodes = _workers_by_queue()
     except Exception as e:  # noqa: BLE001 - any failure here means "not ready", and the reason is reported
-        body["detail"] = f"{type(e).__name__}: {e}"
-    missing = [q for q in QUEUES if not body["workers"].get(q)]
+        body["error"] = f"{type(e).__name__}: {e}"
+    missing = [q for q in QUEUES if not nodes.get(q)]
     if body["redis"] and not missing:
         body["status"] = "ready"
-    elif "detail" not in body:
-        body["detail"] = "no worker consumes queue(s): " + ", ".join(missing) if body["redis"] else "Redis down"
+    elif not body["redis"]:
+        body["detail"] = "the broker / job store (Redis) does not answer"
+    elif missing:
+        body["detail"] = "no worker consumes queue(s): " + ", ".join(missing)
+    else:
+        body["detail"] = "the workers could not be asked which queues they consume"
+    body["workers"] = {q: len(nodes.get(q, [])) for q in QUEUES}
+    body["nodes"] = nodes
     st.ready_cache.update(at=time.monotonic(), body=body)
     return body
 
 
-@router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
-async def readyz(st: State) -> Response:
+def public(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("nodes", "error")}
+
+
+@router.get("/readyz", response_model=Ready, response_model_exclude_none=True,
+            responses={503: {"model": Ready, "description": "Not ready (the body says what is missing)"},
+                       **responses(401, 422)})  # fmt: skip
+async def readyz(
+    request: Request,
+    st: State,
+    key: KeyHeader = None,
+    verbose: Annotated[bool, Query(description="Add worker node names and the error text (needs an API key "
+                                               "where keys are set).")] = False,  # fmt: skip
+) -> Response:
     """Ready when Redis answers and at least one worker consumes each of the extract and predict queues."""
+    if verbose:
+        check_api_key(st.settings.api_keys, given_key(request, key))
     body = await run_in_threadpool(check_ready, st)
-    return JSONResponse(Ready.model_validate(body).model_dump(mode="json"),
-                        status_code=200 if body["status"] == "ready" else 503)  # fmt: skip
+    out = Ready.model_validate(body if verbose else public(body)).model_dump(mode="json", exclude_none=True)
+    return JSONResponse(out, status_code=200 if body["status"] == "ready" else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(request: Request) -> Response:
-    """Prometheus text format: HTTP requests, queue depths, task durations and failures, active jobs."""
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                             "description": "Prometheus text format"}, **responses(401)})  # fmt: skip
+async def metrics(request: Request, st: State, key: KeyHeader = None) -> Response:
+    """Prometheus text format: HTTP requests, queue depths, task durations and failures, active jobs.
+
+    Needs an API key where keys are set, unless the server sets `metrics_public`."""
+    if not st.settings.metrics_public:
+        check_api_key(st.settings.api_keys, given_key(request, key))
     data = await run_in_threadpool(generate_latest, request.app.state.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -6,93 +6,85 @@ import base64
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
-from api.deps import MAX_JSON_BYTES, AppState, State, require_api_key
-from api.schemas import Frame, FramesOut, InputJSON, JobOut, Problem
+from api import limits
+from api.deps import AppState, State, require_api_key
+from api.errors import is_unavailable, responses
+from api.openapi import INPUT_BODY
+from api.schemas import Frame, FramesOut, JobId, JobOut, Options
 from api.security import Refused, check_model_lang, check_model_name, check_url, resolve_server_path
-from api.uploads import read_json, receive_upload
+from api.uploads import receive_upload
 from videotag.jobs import BLOCK_S, Job, P, new_id
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
-_FORM_FIELDS = {"model": {"type": "string"}, "topk": {"type": "integer"}, "threshold": {"type": "number"},
-                "lang": {"type": "string"}}  # fmt: skip
-INPUT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}, **_FORM_FIELDS},
-                }
-            },
-            "application/json": {"schema": InputJSON.model_json_schema()},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "Malformed input"},
-    401: {"model": Problem, "description": "Missing or invalid API key"},
-    403: {"model": Problem, "description": "Path outside the allowed roots, or URL refused"},
-    413: {"model": Problem, "description": "Upload larger than max_upload_bytes"},
-}
-
-
-def _validate_options(raw: dict[str, Any]) -> InputJSON:
-    try:
-        return InputJSON.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise Refused(422, f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+_FORM_FIELDS = ("model", "topk", "threshold", "lang")
+INPUT_TYPES = (limits.MULTIPART, limits.JSON, limits.OCTETS, "video/*")
+EXPECTED = ("multipart/form-data with the video in field 'file', the raw video as application/octet-stream or "
+            "video/*, or application/json {\"path\": ...} or {\"url\": ...}")  # fmt: skip
+ERRORS = responses(400, 401, 403, 404, 413, 415, 422, 503)
 
 
 async def accept_input(request: Request, st: AppState, kind: str) -> Job:
     """Parse an upload (multipart or raw body) or a JSON {url}|{path}, check it, create and enqueue its job."""
     s = st.settings
     job_id = new_id("j")
-    ctype = request.headers.get("content-type", "")
-    filename = None
-    if ctype.startswith("application/json"):
-        body = _validate_options(await read_json(request, MAX_JSON_BYTES))
-        if (body.url is None) == (body.path is None):
-            raise Refused(400, "give exactly one of 'url' or 'path' (or upload the file as multipart 'file')")
-        if body.url is not None:
-            source = await run_in_threadpool(check_url, body.url, s.allow_urls, s.allow_private_urls)
-            kind_in = "url"
+    ctype = limits.body_type(request, INPUT_TYPES, EXPECTED)
+    filename, dest = None, None
+    try:
+        if ctype == limits.JSON:
+            body = limits.input_json(await limits.read_json_object(request, s.max_json_bytes, "max_json_bytes"), s)
+            if body.url is not None:
+                source = await run_in_threadpool(check_url, body.url, s.allow_urls, s.allow_private_urls)
+                kind_in = "url"
+            else:
+                source, kind_in = str(resolve_server_path(body.path or "", s.path_roots)), "path"
         else:
-            source, kind_in = str(resolve_server_path(body.path or "", s.path_roots)), "path"
-    else:
-        dest = Path(s.uploads_dir).resolve() / job_id
-        try:
-            up = await receive_upload(request, dest, s.max_upload_bytes)
+            dest = Path(s.uploads_dir).resolve() / job_id
+            up = await receive_upload(request, dest, s.max_upload_bytes, setting=limits.setting("max_upload_bytes"))
             if up.path is None:
-                raise Refused(400, "multipart body has no file part (send the video as form field 'file')")
-            body = _validate_options({k: v for k, v in up.fields.items() if k in _FORM_FIELDS and v != ""})
-        except BaseException:
+                raise Refused(422, "multipart body has no file part (send the video as form field 'file')")
+            if up.size == 0:
+                raise Refused(422, f"the uploaded file is empty: {EXPECTED}")
+            body = limits.validate(Options, {k: v for k, v in up.fields.items() if k in _FORM_FIELDS}, strict=False)
+            source, kind_in, filename = str(up.path), "upload", up.filename
+        model = check_model_name(body.model, s.weights_dir) or s.model
+        lang = check_model_lang(model, body.lang, s.weights_dir)
+
+        def create() -> Job:
+            from workers.tasks import enqueue
+
+            job = st.store.create_job(source, kind_in, kind=kind, model=model, topk=body.topk,
+                                      threshold=body.threshold, lang=lang, filename=filename,
+                                      job_id=job_id)  # fmt: skip
+            try:
+                enqueue([(job.id, "extract", None)])
+            except Exception as e:
+                _abandon(st, job.id, e)
+                raise
+            return job
+
+        return await run_in_threadpool(create)
+    except BaseException:
+        if dest is not None:  # refused, or the job could not be created: nothing will ever read this upload
             shutil.rmtree(dest, ignore_errors=True)
-            raise
-        source, kind_in, filename = str(up.path), "upload", up.filename
-    model = check_model_name(body.model, s.weights_dir) or s.model
-    lang = check_model_lang(model, body.lang, s.weights_dir)
+        raise
 
-    def create() -> Job:
-        from workers.tasks import enqueue
 
-        job = st.store.create_job(source, kind_in, kind=kind, model=model, topk=body.topk, threshold=body.threshold,
-                                  lang=lang, filename=filename, job_id=job_id)  # fmt: skip
-        enqueue([(job.id, "extract", None)])
-        return job
-
-    return await run_in_threadpool(create)
+def _abandon(st: AppState, job_id: str, exc: Exception) -> None:
+    """The job record exists but its message could not be published: fail it (best effort), so that a restart's
+    resume does not run it on an upload that is deleted."""
+    code = "unavailable" if is_unavailable(exc) else "submit_failed"
+    try:
+        st.store.record(job_id, error={"code": code, "stage": "submit",
+                                       "reason": f"the job could not be queued ({type(exc).__name__}); submit again"})
+    except Exception:  # noqa: BLE001 - Redis is down too: resume will find the job and fail it as missing
+        pass
 
 
 def _job_response(job: Job, status: int) -> JSONResponse:
@@ -105,7 +97,10 @@ def _job_response(job: Job, status: int) -> JSONResponse:
     response_model=JobOut,
     openapi_extra=INPUT_BODY,
     responses={**ERRORS, 202: {"model": JobOut, "description": "Not finished within the timeout; poll Location"},
-               422: {"model": JobOut, "description": "The video could not be tagged (job.error says why)"}},
+               422: {"description": "The video could not be tagged (a JobOut: job.error says why), or the request "
+                                    "is invalid (a Problem)",
+                     "content": {"application/json": {"schema": {"anyOf": [
+                         {"$ref": "#/components/schemas/JobOut"}, {"$ref": "#/components/schemas/Problem"}]}}}}},
 )  # fmt: skip
 async def tag(
     request: Request,
@@ -140,10 +135,17 @@ async def _get_job(st: AppState, job_id: str) -> Job:
     return job
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": Problem}})
-async def get_job(job_id: str, st: State) -> JobOut:
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=responses(401, 404, 422, 503))
+async def get_job(job_id: JobId, st: State) -> JobOut:
     """Status, timings, and the result or error of one job."""
     return JobOut.of(await _get_job(st, job_id))
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except OSError:  # e.g. a name too long for the file system: not a file we can read
+        return False
 
 
 def thumbnails(source: str, out_dir: Path, count: int = 8, width: int = 160) -> list[tuple[int, bytes]]:
@@ -173,20 +175,21 @@ def thumbnails(source: str, out_dir: Path, count: int = 8, width: int = 160) -> 
     return out
 
 
-@router.get("/jobs/{job_id}/frames", response_model=FramesOut, responses={404: {"model": Problem},
-            409: {"model": Problem}, 422: {"model": Problem}})  # fmt: skip
-async def job_frames(job_id: str, st: State) -> FramesOut:
+@router.get("/jobs/{job_id}/frames", response_model=FramesOut,
+            responses=responses(401, 404, 409, 422, 503, _409="The job's video is not a local file (any more), or "
+                                "it cannot be decoded", _422="The job id is malformed"))  # fmt: skip
+async def job_frames(job_id: JobId, st: State) -> FramesOut:
     """A strip of frames sampled from the job's video (small JPEG data URLs), decoded on first request."""
     from videotag.errors import VideoError
 
     job = await _get_job(st, job_id)
-    if job.input not in ("upload", "path") or not Path(job.source).is_file():
+    if job.input not in ("upload", "path") or not _is_file(job.source):
         raise Refused(409, "frames are only available for uploaded or server-side files that still exist")
     out_dir = Path(st.settings.data_dir).resolve() / "thumbs" / job.id
     try:
         frames = await run_in_threadpool(thumbnails, job.source, out_dir)
     except VideoError as e:
-        raise Refused(422, f"cannot decode frames: {e.code}: {e.reason}") from None
+        raise Refused(409, f"cannot decode frames: {e.code}: {e.reason}") from None
     return FramesOut(
         job_id=job.id,
         frames=[Frame(index=i, data_url="data:image/jpeg;base64," + base64.b64encode(b).decode()) for i, b in frames],

@@ -1,11 +1,14 @@
-// videotag web page: upload (multipart, with progress) -> POST /v1/jobs -> poll GET /v1/jobs/{id}
-// -> ranked tags as bars + a strip of sampled frames (GET /v1/jobs/{id}/frames). No external resources.
+// videotag web page: pick one or more videos -> each is uploaded (multipart, with progress) to POST /v1/jobs and
+// followed (GET /v1/jobs/{id}) in its own row -> ranked tags as bars + a strip of sampled frames
+// (GET /v1/jobs/{id}/frames), or, for a failed job, the step where it failed in red and the reason.
+// No external resources.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const STEPS = ["upload", "queued", "extracting", "predicting", "done"];
 const STEP_OF = { queued: "queued", extracting: "extracting", extracted: "predicting", predicting: "predicting",
-                  done: "done", failed: "done" };
-const PERCENT = { queued: 45, extracting: 60, extracted: 80, predicting: 85, done: 100, failed: 100 };
+                  done: "done" };
+const PERCENT = { queued: 45, extracting: 60, extracted: 80, predicting: 85, done: 100 };
+const FAILED_STEP = { extract: "extracting", predict: "predicting", submit: "queued" };
 
 $("apikey").value = localStorage.getItem("videotag-api-key") || "";
 
@@ -15,19 +18,36 @@ function headers() {
   return key ? { "X-API-Key": key } : {};
 }
 
-function setStep(step, percent, text) {
-  $("progress-box").hidden = false;
-  const upto = STEPS.indexOf(step);
-  document.querySelectorAll(".steps span").forEach((el) => {
-    el.classList.toggle("on", STEPS.indexOf(el.dataset.step) <= upto);
-  });
-  $("progress").value = percent;
-  $("status").textContent = text;
+// One row per file: its steps, bar, status line, error, frames and tags.
+function newRow(file) {
+  const row = $("job-row").content.firstElementChild.cloneNode(true);
+  row.querySelector(".name").textContent = file.name;
+  $("jobs").appendChild(row);
+  return row;
 }
 
-function showError(msg) {
-  $("error").hidden = false;
-  $("error").textContent = msg;
+function part(row, cls) {
+  return row.querySelector(`.${cls}`);
+}
+
+// Light the steps up to `step`; a failed job lights the ones before it and marks it red, never "done".
+function setStep(row, step, percent, text, failed = false) {
+  const upto = STEPS.indexOf(step);
+  row.querySelectorAll(".steps span").forEach((el) => {
+    const i = STEPS.indexOf(el.dataset.step);
+    el.classList.toggle("on", failed ? i < upto : i <= upto);
+    el.classList.toggle("fail", failed && i === upto);
+  });
+  const bar = part(row, "progress");
+  bar.value = percent;
+  bar.classList.toggle("failed", failed);
+  part(row, "status").textContent = text;
+}
+
+function showError(row, msg) {
+  const el = part(row, "error");
+  el.hidden = false;
+  el.textContent = msg;
 }
 
 // Model and language pickers, filled from GET /v1/models (languages follow the chosen model).
@@ -66,18 +86,16 @@ $("model").addEventListener("change", fillLanguages);
 $("apikey").addEventListener("change", loadModels);  // a server with API keys answers /v1/models only with one
 loadModels();
 
-function upload(file, topk) {
+function upload(row, file, opts) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
     form.append("file", file, file.name);
-    if (topk) form.append("topk", String(topk));
-    if ($("model").value) form.append("model", $("model").value);
-    if ($("lang").value) form.append("lang", $("lang").value);
+    for (const [k, v] of Object.entries(opts)) if (v) form.append(k, String(v));
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/jobs");
     for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => {
-      if (e.lengthComputable) setStep("upload", Math.round(40 * e.loaded / e.total), `uploading ${file.name}…`);
+      if (e.lengthComputable) setStep(row, "upload", Math.round(40 * e.loaded / e.total), `uploading ${file.name}…`);
     };
     xhr.onload = () => {
       let body = {};
@@ -97,8 +115,8 @@ async function getJSON(url) {
   return body;
 }
 
-function renderTags(job) {
-  const ol = $("tags");
+function renderTags(row, job) {
+  const ol = part(row, "tags");
   ol.textContent = "";
   for (const t of job.result.tags) {
     const li = document.createElement("li");
@@ -122,15 +140,15 @@ function renderTags(job) {
     ol.appendChild(li);
   }
   const tm = job.timings || {};
-  $("timing").textContent = tm.total_s !== undefined ?
+  part(row, "timing").textContent = tm.total_s !== undefined ?
     `total ${tm.total_s.toFixed(2)} s (extract ${(tm.extract_s || 0).toFixed(2)} s, predict ${(tm.predict_s || 0).toFixed(3)} s)` : "";
-  $("tags-box").hidden = false;
+  part(row, "tags-box").hidden = false;
 }
 
-async function renderFrames(jobId) {
+async function renderFrames(row, jobId) {
   try {
     const body = await getJSON(`/v1/jobs/${encodeURIComponent(jobId)}/frames`);
-    const box = $("frames");
+    const box = part(row, "frames");
     box.textContent = "";
     for (const f of body.frames) {
       const fig = document.createElement("figure");
@@ -142,45 +160,71 @@ async function renderFrames(jobId) {
       fig.append(img, cap);
       box.appendChild(fig);
     }
-    $("frames-box").hidden = body.frames.length === 0;
+    part(row, "frames-box").hidden = body.frames.length === 0;
   } catch (e) {
-    console.warn("frames:", e);
+    console.warn("frames:", e);  // e.g. 422 for a file that is not a video: the job's own error says why
   }
 }
 
-async function follow(jobId) {
+async function follow(row, jobId) {
+  let step = "queued";
   for (;;) {
     const job = await getJSON(`/v1/jobs/${encodeURIComponent(jobId)}`);
-    setStep(STEP_OF[job.status] || "queued", PERCENT[job.status] || 45, `job ${job.job_id}: ${job.status}`);
-    if (job.status === "done" || job.status === "failed") return job;
+    if (job.status === "failed") {
+      const failedAt = FAILED_STEP[job.error && job.error.stage] || step;
+      setStep(row, failedAt, PERCENT[failedAt] || 45, `job ${job.job_id}: failed`, true);
+      return job;
+    }
+    step = STEP_OF[job.status] || "queued";
+    setStep(row, step, PERCENT[job.status] || 45, `job ${job.job_id}: ${job.status}`);
+    if (job.status === "done") return job;
     await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+// Upload the files one after the other (a shared uplink), follow each job as soon as it exists.
+async function run(row, file, opts, uploaded) {
+  try {
+    setStep(row, "upload", 0, `uploading ${file.name}…`);
+    const job = await upload(row, file, opts);
+    uploaded();
+    row.dataset.jobId = job.job_id;
+    const framesDone = renderFrames(row, job.job_id);  // decodes while the workers run
+    const final = await follow(row, job.job_id);
+    if (final.status === "failed") showError(row, `${final.error.code}: ${final.error.reason}`);
+    else renderTags(row, final);
+    await framesDone;
+    row.dataset.state = final.status;
+  } catch (e) {
+    uploaded();
+    showError(row, String(e.message || e));
+    setStep(row, "upload", 0, `${file.name}: not submitted`, true);
+    row.dataset.state = "error";
   }
 }
 
 $("form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const file = $("file").files[0];
-  if (!file) return;
+  const files = [...$("file").files];
+  if (!files.length) return;
   $("submit").disabled = true;
-  $("error").hidden = true;
-  $("tags-box").hidden = true;
-  $("frames-box").hidden = true;
+  delete document.body.dataset.state;
+  $("jobs").textContent = "";
+  const opts = { topk: parseInt($("topk").value, 10) || undefined, model: $("model").value, lang: $("lang").value };
+  const runs = [];
   try {
-    setStep("upload", 0, `uploading ${file.name}…`);
-    const job = await upload(file, parseInt($("topk").value, 10) || undefined);
-    const framesDone = renderFrames(job.job_id);  // decodes while the workers run
-    const final = await follow(job.job_id);
-    if (final.status === "failed") {
-      showError(`${final.error.code}: ${final.error.reason}`);
-    } else {
-      renderTags(final);
+    for (const file of files) {
+      const row = newRow(file);
+      let uploaded;
+      const done = new Promise((r) => { uploaded = r; });
+      runs.push(run(row, file, opts, uploaded));
+      await done;  // next upload once this one is through (its job is followed meanwhile)
     }
-    await framesDone;
-    document.body.dataset.state = final.status;
-  } catch (e) {
-    showError(String(e.message || e));
-    document.body.dataset.state = "error";
+    await Promise.all(runs);
   } finally {
+    const states = [...document.querySelectorAll("#jobs .job")].map((r) => r.dataset.state);
+    // the page's overall state: done only when every file was tagged
+    document.body.dataset.state = states.includes("error") ? "error" : states.includes("failed") ? "failed" : "done";
     $("submit").disabled = false;
   }
 });

@@ -1,10 +1,14 @@
-"""The HTTP API against a running service (uvicorn + embedded Redis + real workers): auth, upload size limit,
-path traversal and private-URL refusals, and the schema of every response (strict pydantic models)."""
+"""The HTTP API against a running service (uvicorn + embedded Redis + real workers): auth (docs, schema, metrics
+and detailed readiness included), size and length limits quoting the configured values, body and media-type
+checks, path traversal and private-URL refusals, unicode upload names, and the schema of every response (strict
+pydantic models)."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -16,6 +20,10 @@ from api.security import Refused, check_url, resolve_server_path
 
 KEY = "test-key-1"
 LIMIT = 200_000  # bytes: the upload limit of this test service
+JSON_LIMIT = 8192  # and its other limits (small, to test them)
+FILELIST_LIMIT = 20_000
+MAX_ITEMS = 50
+MAX_CHARS = 300
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +38,9 @@ def env(tmp_path_factory, default_weights):
     secret.write_bytes(clips[0].read_bytes())
     (root / "link.mp4").symlink_to(secret)
     settings = service_settings(tmp, weights, path_roots=[root], api_keys=[KEY, "second-key"],
-                                max_upload_bytes=LIMIT, allow_urls=True, allow_private_urls=False)  # fmt: skip
+                                max_upload_bytes=LIMIT, allow_urls=True, allow_private_urls=False,
+                                max_json_bytes=JSON_LIMIT, max_filelist_bytes=FILELIST_LIMIT,
+                                max_batch_items=MAX_ITEMS, max_source_chars=MAX_CHARS)  # fmt: skip
     svc = start_service(settings)
     with httpx.Client(base_url=svc.api_url, timeout=60, headers={"X-API-Key": KEY}) as c:
         yield {"svc": svc, "client": c, "root": root, "clips": clips, "secret": secret, "tmp": tmp}
@@ -56,11 +66,47 @@ def test_api_key_required(env):
         assert problem(r, 401) == "invalid API key"
     r = httpx.get(url + "/v1/jobs/nope", headers={"X-API-Key": "second-key"})  # any configured key works
     assert "no job" in problem(r, 404)
-    # open endpoints: health, readiness, metrics, docs, the page
+    r = httpx.get(url + "/v1/jobs/nope", auth=("anyone", KEY))  # or the key as an HTTP Basic password
+    assert "no job" in problem(r, 404)
+    # open endpoints: liveness, public readiness, the page and the docs' static assets
     assert Health.model_validate(httpx.get(url + "/healthz").json()).status == "ok"
-    for path in ("/readyz", "/metrics", "/docs", "/openapi.json", "/", "/static/app.js"):
+    for path in ("/readyz", "/", "/static/app.js", "/docs/assets/swagger-ui-bundle.js"):
         assert httpx.get(url + path).status_code == 200, path
+    # with keys set: the schema, the docs, the metrics and the detailed readiness need one
+    for path in ("/openapi.json", "/docs", "/metrics", "/readyz?verbose=true"):
+        r = httpx.get(url + path)
+        assert "missing API key" in problem(r, 401), path
+        assert httpx.get(url + path, headers={"X-API-Key": "wrong"}).status_code == 401, path
+        assert httpx.get(url + path, headers={"X-API-Key": KEY}).status_code == 200, path
+    # a browser asked for /docs is asked for credentials (any user, the key as password), and gets them through
+    r = httpx.get(url + "/docs")
+    assert r.headers["www-authenticate"].startswith('Basic realm="videotag"')
+    assert httpx.get(url + "/openapi.json", auth=("me", KEY)).json()["info"]["title"] == "videotag"
     assert c.get("/v1/jobs/nope").status_code == 404
+
+
+def test_docs_work_offline(env):
+    """/docs loads nothing from another host: its script, style and icon are served here."""
+    c = env["client"]
+    html = c.get("/docs").text
+    assert "swagger-ui" in html and "cdn" not in html.lower()
+    refs = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html) + re.findall(r"url: ?'([^']+)'", html)
+    assert len(refs) >= 4, refs
+    for ref in refs:
+        assert ref.startswith("/"), ref  # same host
+        r = c.get(ref)
+        assert r.status_code == 200 and len(r.content) > 100, ref
+    assert "SwaggerUIBundle" in c.get("/docs/assets/swagger-ui-bundle.js").text
+
+
+def test_public_readiness_names_no_host_or_path(env):
+    url = env["svc"].api_url
+    public = httpx.get(url + "/readyz")
+    ready = Ready.model_validate(public.json())
+    assert ready.status == "ready" and ready.workers == {"extract": 1, "predict": 1} and ready.nodes is None
+    assert "@" not in public.text and "/" not in public.text and "sock" not in public.text
+    verbose = Ready.model_validate(env["client"].get("/readyz", params={"verbose": "true"}).json())
+    assert all("@" in n for nodes in verbose.nodes.values() for n in nodes) and len(verbose.nodes["extract"]) == 1
 
 
 # ---- models and languages -----------------------------------------------------------------------------------
@@ -91,7 +137,7 @@ def test_upload_tag_returns_ranked_result(env):
     r = c.post("/v1/tag", files={"file": ("my clip.mp4", data, "video/mp4")}, data={"topk": "4"})
     assert r.status_code == 200, r.text
     job = JobOut.model_validate(r.json())
-    assert job.status == "done" and job.input == "upload" and job.filename == "my_clip.mp4"
+    assert job.status == "done" and job.input == "upload" and job.filename == "my clip.mp4"
     assert job.result is not None and job.result.ok and len(job.result.tags) == 4
     probs = [t.probability for t in job.result.tags]
     assert probs == sorted(probs, reverse=True) and job.model == "imagenet_framepool"
@@ -130,11 +176,12 @@ def test_bad_upload_gets_specific_error(env, tmp_path):
     job = JobOut.model_validate(r.json())
     assert job.status == "failed" and job.result is None
     assert job.error.code == "not_a_video" and job.error.stage == "extract" and job.error.reason
-    assert "no file part" in problem(c.post("/v1/jobs", files={"other": ("x", b"")}, data={"file": "x"}), 400)
+    assert "no file part" in problem(c.post("/v1/jobs", files={"other": ("x", b"")}, data={"file": "x"}), 422)
     r = c.post("/v1/jobs", files={"file": ("v.mp4", b"xx")}, data={"topk": "0"})
     assert "topk" in problem(r, 422)
     assert "not found" in problem(c.post("/v1/jobs", files={"file": ("v.mp4", b"x")}, data={"model": "nope"}), 404)
-    assert "invalid model name" in problem(c.post("/v1/jobs", json={"path": "clips/api_000.mp4", "model": "../x"}), 400)
+    r = c.post("/v1/jobs", json={"path": "clips/api_000.mp4", "model": "../x"})
+    assert problem(r, 422).startswith("model: String should match pattern")
 
 
 # ---- server-side paths --------------------------------------------------------------------------------------
@@ -149,8 +196,8 @@ def test_path_inputs_only_under_roots(env):
                 "link.mp4"):  # fmt: skip
         detail = problem(c.post("/v1/jobs", json={"path": bad}), 403)
         assert "traversal" in detail or "outside the allowed roots" in detail, bad
-    assert "exactly one" in problem(c.post("/v1/jobs", json={}), 400)
-    assert "exactly one" in problem(c.post("/v1/jobs", json={"path": "a", "url": "http://b"}), 400)
+    assert "exactly one" in problem(c.post("/v1/jobs", json={}), 422)
+    assert "exactly one" in problem(c.post("/v1/jobs", json={"path": "a", "url": "http://b"}), 422)
     assert "not valid JSON" in problem(c.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"}),
                                        400)  # fmt: skip
     r = c.post("/v1/batches", json={"paths": [str(env["clips"][0]), "../x.mp4", "/etc/hosts"]})
@@ -248,9 +295,10 @@ def test_batches_json_text_and_multipart(env):
         )
         assert [i.index for i in page2.items] == list(range(2, n))
         assert all(len(i.result.tags) == (k or 5) for i in page.items + page2.items)
-    assert "empty" in problem(c.post("/v1/batches", json={"paths": []}), 400)
+    assert "empty" in problem(c.post("/v1/batches", json={"paths": []}), 422)
+    assert "blank" in problem(c.post("/v1/batches", json={"filelist": " \n\t\n"}), 422)
     r = c.post("/v1/batches", content=b"x", headers={"Content-Type": "image/png"})
-    assert "send application/json" in problem(r, 415)
+    assert "'image/png' is not accepted here: application/json" in problem(r, 415)
     assert "no batch" in problem(c.get("/v1/batches/bnope"), 404)
     assert "no batch" in problem(c.get("/v1/batches/bnope/results"), 404)
     assert "limit" in problem(c.get(f"/v1/batches/{b.batch_id}/results", params={"limit": 0}), 422)
@@ -273,7 +321,7 @@ def test_health_ready_metrics_openapi(env):
     r = c.get("/readyz")
     ready = Ready.model_validate(r.json())
     assert r.status_code == 200 and ready.status == "ready" and ready.redis
-    assert ready.workers["extract"] and ready.workers["predict"]
+    assert ready.workers["extract"] >= 1 and ready.workers["predict"] >= 1
     text = c.get("/metrics").text
     for name in ("videotag_http_requests_total", "videotag_queue_depth{queue=\"extract\"}",
                  "videotag_task_duration_seconds_bucket", "videotag_task_failures_total", "videotag_redis_up 1.0",
@@ -293,6 +341,31 @@ def test_health_ready_metrics_openapi(env):
     ):
         assert path in spec["paths"], path
     assert "multipart/form-data" in spec["paths"]["/v1/tag"]["post"]["requestBody"]["content"]
+    # every error body is {"detail": str}; the rules the server enforces are in the schema
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            for code, resp in op["responses"].items():
+                if code.startswith(("4", "5")) and (path, code) != ("/readyz", "503") and (path, code) != (
+                        "/v1/tag", "422"):  # fmt: skip
+                    assert resp["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+            if path.startswith("/v1/"):  # the job store is behind all but the model list
+                assert {"401", "503"} <= set(op["responses"]) | ({"503"} if path == "/v1/models" else set()), path
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    assert {"415", "413", "422"} <= set(spec["paths"]["/v1/batches"]["post"]["responses"])
+    assert spec["paths"]["/v1/tag"]["post"]["responses"]["503"]["headers"]["Retry-After"]
+    schemas = spec["components"]["schemas"]
+    inp = schemas["InputJSON"]
+    assert [b["required"] for b in inp["oneOf"]] == [["url"], ["path"]]
+    assert inp["properties"]["path"]["maxLength"] == MAX_CHARS and inp["properties"]["url"]["maxLength"] == MAX_CHARS
+    topk = next(a for a in inp["properties"]["topk"]["anyOf"] if a["type"] == "integer")
+    threshold = next(a for a in inp["properties"]["threshold"]["anyOf"] if a["type"] == "number")
+    assert (topk["minimum"], topk["maximum"], threshold["minimum"], threshold["maximum"]) == (1, 1000, 0, 1)
+    batch = schemas["BatchJSON"]
+    assert batch["properties"]["paths"]["minItems"] == 1 and batch["properties"]["paths"]["maxItems"] == MAX_ITEMS
+    assert batch["properties"]["filelist"]["maxLength"] == FILELIST_LIMIT
+    assert schemas["RepredictJSON"]["required"] == ["model"]
+    assert set(schemas["InputJSON"]["properties"]["model"]["enum"]) == {None, "", "imagenet_framepool", "tiny_pool"}
+    assert set(spec["components"]["securitySchemes"]) == {"APIKey"}
 
 
 def test_readyz_reports_missing_workers(tmp_path, default_weights):
@@ -315,3 +388,80 @@ def test_readyz_reports_missing_workers(tmp_path, default_weights):
         assert "extract" in ready.detail and "predict" in ready.detail
     finally:
         svc.stop()
+
+
+# ---- limits, bodies and media types -------------------------------------------------------------------------
+def test_limits_quote_the_configured_values(env):
+    c = env["client"]
+    # JSON bodies: the declared length, and a chunked body counted while it is read
+    big = {"path": "a" * (JSON_LIMIT + 10)}
+    detail = problem(c.post("/v1/jobs", json=big), 413)
+    assert f"larger than the limit of {JSON_LIMIT} bytes (set by VIDEOTAG_MAX_JSON_BYTES)" in detail
+
+    def chunks():
+        yield b'{"path": "' + b"a" * JSON_LIMIT
+        yield b'"}'
+
+    r = c.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    assert f"limit of {JSON_LIMIT} bytes" in problem(r, 413)
+    # uploads quote max_upload_bytes itself, not the multipart allowance on top of it
+    detail = problem(c.post("/v1/jobs", files={"file": ("big.mp4", os.urandom(LIMIT + 70_000))}), 413)
+    assert re.search(rf"larger than the limit of {LIMIT} bytes \(set by VIDEOTAG_MAX_UPLOAD_BYTES\)$", detail), detail
+    # path / URL length
+    assert f"more than the limit of {MAX_CHARS}" in problem(c.post("/v1/jobs", json={"path": "p" * (MAX_CHARS + 1)}),
+                                                            422)  # fmt: skip
+    url = "https://example.com/" + "u" * MAX_CHARS
+    assert "url: " in problem(c.post("/v1/tag", json={"url": url}), 422)
+    # batches: items, line length, body size (JSON, text and multipart alike)
+    detail = problem(c.post("/v1/batches", json={"paths": ["clips/api_000.mp4"] * (MAX_ITEMS + 1)}), 413)
+    assert f"{MAX_ITEMS + 1} items; at most {MAX_ITEMS} per batch (VIDEOTAG_MAX_BATCH_ITEMS)" == detail
+    detail = problem(c.post("/v1/batches", content="clips/api_000.mp4\n" + "x" * (MAX_CHARS + 1) + "\n",
+                            headers={"Content-Type": "text/plain"}), 422)  # fmt: skip
+    assert "longer than 300 characters" in detail and "line 2" in detail
+    text = ("clips/api_000.mp4\n" * (FILELIST_LIMIT // 10)).encode()
+    for r in (c.post("/v1/batches", content=text, headers={"Content-Type": "text/plain"}),
+              c.post("/v1/batches", json={"filelist": text.decode()}),
+              c.post("/v1/batches", files={"filelist": ("list.txt", text)})):  # fmt: skip
+        detail = problem(r, 413)
+        assert f"larger than the limit of {FILELIST_LIMIT} bytes (set by VIDEOTAG_MAX_FILELIST_BYTES)" in detail
+
+
+def test_bodies_required_and_media_types_named(env):
+    c = env["client"]
+    for path in ("/v1/jobs", "/v1/tag"):
+        detail = problem(c.post(path), 422)  # no body at all
+        assert "a request body is required: multipart/form-data" in detail and "application/json" in detail
+        r = c.post(path, content=b"<video/>", headers={"Content-Type": "application/xml"})
+        detail = problem(r, 415)
+        assert detail.startswith("Content-Type 'application/xml' is not accepted here: multipart/form-data"), detail
+        assert "application/octet-stream" in detail
+        assert "is empty" in problem(c.post(path, content=b" \n", headers={"Content-Type": "application/json"}), 422)
+        assert "must be an object" in problem(c.post(path, json=["clips/api_000.mp4"]), 422)
+        assert "topk: Input should be a valid integer" in problem(c.post(path, json={"path": "a", "topk": "3"}), 422)
+        assert "uploaded file is empty" in problem(c.post(path, files={"file": ("v.mp4", b"")}), 422)
+    assert "a request body is required" in problem(c.post("/v1/batches"), 422)
+    b = c.post("/v1/batches", json={"paths": [str(env["clips"][0])]}).json()
+    rp = f"/v1/batches/{b['batch_id']}/repredict"
+    assert "a request body is required" in problem(c.post(rp), 422)
+    assert "not accepted here: application/json" in problem(c.post(rp, content=b"model=x",
+                                                                    headers={"Content-Type": "text/plain"}), 415)
+    detail = problem(c.post(rp, json={"model": "efficientnet_lite0"}), 404)  # a backbone is not a predictor
+    assert "'efficientnet_lite0' not found (installed predictors: imagenet_framepool, tiny_pool)" in detail
+    assert "no file part" in problem(c.post("/v1/jobs", files={"notfile": ("v.mp4", b"x")}), 422)
+    uploads = Path(env["tmp"] / "data" / "uploads")
+    assert not [p for p in uploads.glob("*/*") if p.name == "v.mp4"]  # refused uploads leave nothing behind
+
+
+def test_unicode_upload_name_kept(env):
+    c = env["client"]
+    data = env["clips"][2].read_bytes()
+    name = "vidéo ü 名前 (1).mp4"
+    job = JobOut.model_validate(c.post("/v1/jobs", files={"file": (name, data, "video/mp4")}).json())
+    assert job.filename == name
+    assert re.fullmatch(r"[A-Za-z0-9._-]+\.mp4", Path(job.source).name) and Path(job.source).is_file()  # safe
+    raw = c.post("/v1/jobs", content=data, headers={"Content-Type": "video/mp4",
+                                                    "X-Filename": urllib.parse.quote(name)})  # fmt: skip
+    assert raw.status_code == 202 and JobOut.model_validate(raw.json()).filename == name
+    weird = c.post("/v1/jobs", content=data, headers={"Content-Type": "application/octet-stream",
+                                                      "X-Filename": urllib.parse.quote("../../etc/\x07bell\u200b.mp4")})
+    assert JobOut.model_validate(weird.json()).filename == "bell.mp4"  # base name, no control characters

@@ -1,5 +1,6 @@
-"""The web page in headless Chromium (Debian's `chromium`), driven over the DevTools protocol: a real file
-upload through the page's form, progress until done, ranked tags drawn as bars and a strip of sampled frames.
+"""The web page in headless Chromium (Debian's `chromium`), driven over the DevTools protocol: real file
+uploads through the page's form (one or several files, one row each), progress until done, ranked tags drawn as
+bars and a strip of sampled frames; a failed job shown as failed (red step and bar, no "done").
 
 Chromium comes from `apt-get install chromium` (scripts/install-system-deps.sh); the protocol client is the
 small `websocket-client` package. The test is skipped only when no Chromium binary exists.
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import videogen
+from PIL import Image
 from service_helpers import make_weights, service_settings, start_service
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -86,11 +88,55 @@ class Browser:
         self.call("Page.navigate", url=url)
         self.wait("document.readyState === 'complete' && !!document.getElementById('file')", 30)
 
-    def choose_file(self, path: Path) -> None:
-        """Put `path` into the page's file input, as a user picking it would."""
+    def choose_file(self, *paths: Path) -> None:
+        """Put `paths` into the page's file input, as a user picking them would."""
         root = self.call("DOM.getDocument")["root"]["nodeId"]
         node = self.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
-        self.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
+        self.call("DOM.setFileInputFiles", files=[str(p) for p in paths], nodeId=node)
+
+    def pixel(self, selector: str, tmp: Path, x: float = 0.1) -> tuple[int, int, int]:
+        """The colour drawn at `x` (a fraction of the width) across the middle of the element, from a screenshot."""
+        r = self.js(f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+                    "el.scrollIntoView({block: 'center'}); const b = el.getBoundingClientRect();"
+                    "return {x: b.x, y: b.y, w: b.width, h: b.height}; })()")  # fmt: skip
+        shot = self.call("Page.captureScreenshot", format="png")["data"]
+        path = tmp / "pixel.png"
+        path.write_bytes(base64.b64decode(shot))
+        with Image.open(path) as img:
+            return img.convert("RGB").getpixel((int(r["x"] + x * r["w"]), int(r["y"] + r["h"] / 2)))
+
+    def open_with_basic_auth(self, url: str, user: str, password: str, ready: str, timeout: float = 60) -> None:
+        """Navigate to a page that answers 401 + `WWW-Authenticate: Basic`, answering the browser's credentials
+        prompt as a person would, and wait until `ready` (a JS expression) is true."""
+        self.call("Fetch.enable", handleAuthRequests=True, patterns=[{"urlPattern": "*"}])
+        mid = next(self.ids)
+        self.ws.send(json.dumps({"id": mid, "method": "Page.navigate", "params": {"url": url}}))
+        asked = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            method, params = msg.get("method"), msg.get("params", {})
+            if method == "Fetch.requestPaused":
+                self.ws.send(json.dumps({"id": next(self.ids), "method": "Fetch.continueRequest",
+                                         "params": {"requestId": params["requestId"]}}))  # fmt: skip
+            elif method == "Fetch.authRequired":
+                asked += 1
+                answer = {"response": "ProvideCredentials", "username": user, "password": password}
+                self.ws.send(json.dumps({"id": next(self.ids), "method": "Fetch.continueWithAuth",
+                                         "params": {"requestId": params["requestId"],
+                                                    "authChallengeResponse": answer}}))  # fmt: skip
+            elif msg.get("id") == mid:
+                break
+        self.call("Fetch.disable")
+        assert asked, "the page did not ask for credentials"
+        self.wait(ready, timeout)
+
+    def full_screenshot(self, path: Path) -> None:
+        """The whole page, not only what the window shows."""
+        size = self.js("({w: document.documentElement.scrollWidth, h: document.documentElement.scrollHeight})")
+        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                         clip={"x": 0, "y": 0, "width": size["w"], "height": size["h"], "scale": 1})  # fmt: skip
+        path.write_bytes(base64.b64decode(shot["data"]))
 
     def close(self) -> None:
         try:
@@ -130,6 +176,30 @@ def browser(tmp_path):
     b.close()
 
 
+# What one row of the page shows (n: its position).
+ROW = """(() => {{ const row = document.querySelectorAll('#jobs .job')[{n}]; return {{
+    name: row.querySelector('.name').textContent,
+    state: row.dataset.state,
+    jobId: row.dataset.jobId,
+    tags: [...row.querySelectorAll('.tags .tag')].map(li => ({{
+        name: li.querySelector('.name').textContent,
+        p: parseFloat(li.querySelector('.p').textContent),
+        width: li.querySelector('.bar').getBoundingClientRect().width,
+        track: li.querySelector('.track').getBoundingClientRect().width}})),
+    frames: [...row.querySelectorAll('.frames img')].map(i => ({{w: i.naturalWidth, h: i.naturalHeight}})),
+    progress: row.querySelector('.progress').value,
+    barFailed: row.querySelector('.progress').classList.contains('failed'),
+    steps: row.querySelectorAll('.steps span.on').length,
+    on: [...row.querySelectorAll('.steps span.on')].map(s => s.dataset.step),
+    failed: [...row.querySelectorAll('.steps span.fail')].map(s => s.dataset.step),
+    failedColor: [...row.querySelectorAll('.steps span.fail')].map(s => getComputedStyle(s).backgroundColor),
+    status: row.querySelector('.status').textContent,
+    error: row.querySelector('.error').textContent,
+    errorHidden: row.querySelector('.error').hidden,
+    tagsHidden: row.querySelector('.tags-box').hidden,
+}}; }})()"""
+
+
 def test_upload_shows_progress_tags_and_frames(service, browser, tmp_path):
     clip = videogen.make_video(tmp_path / "upload me.mp4", frames=30, size=(160, 120), fps=10)
     browser.call("Page.enable")
@@ -142,21 +212,10 @@ def test_upload_shows_progress_tags_and_frames(service, browser, tmp_path):
     browser.js("document.getElementById('submit').click()")
 
     state = browser.wait("document.body.dataset.state", 90)
-    assert state == "done", browser.js("document.getElementById('error').textContent")
-    page = browser.js("""(() => ({
-        tags: [...document.querySelectorAll('#tags .tag')].map(li => ({
-            name: li.querySelector('.name').textContent,
-            p: parseFloat(li.querySelector('.p').textContent),
-            width: li.querySelector('.bar').getBoundingClientRect().width,
-            track: li.querySelector('.track').getBoundingClientRect().width})),
-        frames: [...document.querySelectorAll('#frames img')].map(i => ({w: i.naturalWidth, h: i.naturalHeight})),
-        progress: document.getElementById('progress').value,
-        steps: document.querySelectorAll('.steps span.on').length,
-        status: document.getElementById('status').textContent,
-        errorHidden: document.getElementById('error').hidden,
-    }))()""")
-    assert page["errorHidden"] and page["progress"] == 100 and page["steps"] == 5
-    assert "done" in page["status"]
+    assert state == "done", browser.js("document.querySelector('.job .error').textContent")
+    page = browser.js(ROW.format(n=0))
+    assert page["errorHidden"] and page["progress"] == 100 and page["steps"] == 5 and page["failed"] == []
+    assert "done" in page["status"] and page["name"] == "upload me.mp4" and page["state"] == "done"
     tags = page["tags"]
     assert len(tags) == 6 and all(t["name"] for t in tags)
     assert [t["p"] for t in tags] == sorted((t["p"] for t in tags), reverse=True)
@@ -168,7 +227,7 @@ def test_upload_shows_progress_tags_and_frames(service, browser, tmp_path):
     job_id = page["status"].split()[1].rstrip(":")
     job = httpx.get(f"{service.api_url}/v1/jobs/{job_id}", headers={"X-API-Key": KEY}).json()
     assert [t["class_name"] for t in job["result"]["tags"]] == [t["name"] for t in tags]
-    assert job["input"] == "upload" and job["filename"] == "upload_me.mp4"
+    assert job["input"] == "upload" and job["filename"] == "upload me.mp4"  # the name as the user had it
     shot = browser.call("Page.captureScreenshot", format="png")["data"]
     (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
 
@@ -180,7 +239,7 @@ def test_wrong_key_shows_error(service, browser, tmp_path):
     browser.js("document.getElementById('apikey').value = 'nope'")
     browser.js("document.getElementById('submit').click()")
     assert browser.wait("document.body.dataset.state", 30) == "error"
-    assert browser.js("document.getElementById('error').textContent") == "401: invalid API key"
+    assert browser.js("document.querySelector('.job .error').textContent") == "401: invalid API key"
 
 
 def test_model_and_language_pickers(service, browser, tmp_path):
@@ -203,7 +262,55 @@ def test_model_and_language_pickers(service, browser, tmp_path):
     browser.js("document.getElementById('topk').value = '3'")
     browser.js("document.getElementById('submit').click()")
     assert browser.wait("document.body.dataset.state", 90) == "done"
-    names = browser.js("[...document.querySelectorAll('#tags .tag .name')].map(e => e.textContent)")
+    names = browser.js("[...document.querySelectorAll('.job .tags .tag .name')].map(e => e.textContent)")
     assert len(names) == 3 and all(n.startswith("FR ") for n in names), names
     shot = browser.call("Page.captureScreenshot", format="png")["data"]
     (tmp_path / "pickers.png").write_bytes(base64.b64decode(shot))
+
+
+def test_several_files_one_row_each_and_a_failed_job(service, browser, tmp_path):
+    """Two files chosen at once: one row each; the good one (a unicode name) is tagged, the other is not a video
+    and its row says failed: the extract step red, "done" not lit, the bar short of full and red."""
+    good = videogen.make_video(tmp_path / "vidéo ü 名前.mp4", frames=20, size=(160, 120), fps=10)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"this is not a video\n" * 50)
+    browser.open_page(service.api_url + "/")
+    browser.choose_file(good, bad)
+    browser.js(f"document.getElementById('apikey').value = {json.dumps(KEY)}")
+    browser.js("document.getElementById('topk').value = '4'")
+    browser.js("document.getElementById('submit').click()")
+    assert browser.wait("document.body.dataset.state", 120) == "failed"  # not every file was tagged
+    assert browser.js("document.querySelectorAll('#jobs .job').length") == 2
+
+    ok = browser.js(ROW.format(n=0))
+    assert ok["name"] == "vidéo ü 名前.mp4" and ok["state"] == "done" and ok["progress"] == 100
+    assert ok["steps"] == 5 and ok["failed"] == [] and not ok["barFailed"] and len(ok["tags"]) == 4
+
+    fail = browser.js(ROW.format(n=1))
+    assert fail["name"] == "broken.mp4" and fail["state"] == "failed"
+    assert fail["failed"] == ["extracting"] and fail["on"] == ["upload", "queued"]  # red step; no "done"
+    assert fail["failedColor"] == ["rgb(217, 45, 32)"]
+    assert fail["progress"] < 100 and fail["barFailed"] and "failed" in fail["status"]
+    assert not fail["errorHidden"] and fail["error"].startswith("not_a_video: ") and fail["tagsHidden"]
+    red = browser.pixel("#jobs .job:nth-child(2) .progress", tmp_path)
+    blue = browser.pixel("#jobs .job:nth-child(1) .progress", tmp_path)
+    assert red[0] > 180 and red[1] < 90 and red[2] < 90, red  # --fail: #d92d20
+    assert blue[2] > 180 and blue[0] < 90, blue  # --accent: #2f6fde
+
+    # the API keeps what the user named the file, unicode and spaces included
+    jobs = [httpx.get(f"{service.api_url}/v1/jobs/{r['jobId']}", headers={"X-API-Key": KEY}).json() for r in (ok, fail)]
+    assert [j["filename"] for j in jobs] == ["vidéo ü 名前.mp4", "broken.mp4"]
+    assert [j["status"] for j in jobs] == ["done", "failed"] and jobs[1]["error"]["code"] == "not_a_video"
+    browser.full_screenshot(tmp_path / "several.png")
+
+
+def test_docs_render_offline_behind_the_key(service, browser, tmp_path):
+    """/docs (Swagger UI served by the API itself; this browser has no internet) asks for credentials when the
+    server has keys, then renders every operation of the OpenAPI document."""
+    spec = httpx.get(f"{service.api_url}/openapi.json", headers={"X-API-Key": KEY}).json()
+    operations = sum(len(ops) for ops in spec["paths"].values())
+    browser.open_with_basic_auth(service.api_url + "/docs", "me", KEY,
+                                 f"document.querySelectorAll('.opblock').length === {operations}")  # fmt: skip
+    assert browser.js("document.querySelector('.info .title').textContent").startswith("videotag")
+    assert not browser.js("!!document.querySelector('.errors-wrapper, .loading-container .errors')")
+    browser.full_screenshot(tmp_path / "docs.png")
