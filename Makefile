@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CLIP   ?= ../shared/videos/mmaction2_demo_demo.mp4
 
-.PHONY: install demo test lint system-deps bench
+.PHONY: install demo test lint system-deps bench compose-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ test: install system-deps lint
 
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py ../shared/videos
+
+# Build the images, start the compose CPU profile, tag an upload, run batches (one with an extract worker restart),
+# check exactly-once results, tear down (down -v). Starts (and stops) a Docker engine when root and none runs;
+# builds stand-in base images when Docker Hub is unreachable. docs/deploy.md. Exit 77: no engine can start here.
+compose-test:
+	bash scripts/compose_test.sh

