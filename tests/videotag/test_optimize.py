@@ -159,3 +159,12 @@ def test_gate_parse_and_failures():
     assert Gate().failures({"feature_cosine_mean": 0.8, "feature_cosine_min": 0.95}) == [
         "feature cosine mean 0.8000 < 0.97"
     ]  # a backbone alone: no probability checks
+
+
+def test_backbone_alone(weights, clips, tmp_path):
+    out = tmp_path / "bb8"
+    vt("optimize", "tinybb", "--int8", "-c", *clips[:3], "--frames", "8", "--eval-frames", "8", "--out", out)
+    m = read_manifest(out, kind="backbone")
+    a = m["optimized"]["agreement"]
+    assert m["architecture"] == "tinybb-int8" and m["optimized"]["predictor_precision"] is None
+    assert a["feature_cosine_mean"] >= 0.97 and "topk_overlap_mean" not in a and "max_prob_diff" not in a
