@@ -1,7 +1,7 @@
 """setuptools hook; the metadata, packages and package data are in pyproject.toml.
 
 The top-level `labels/` folder (the shipped vocabularies) is copied into built wheels as `videotag/_labels/`, so
-`pip install videotag-*.whl` works outside the source tree: `videotag.vocab.LABELS_DIR` looks in the checkout
+`pip install videotag-*.whl` works outside the source tree: `videotag.core.vocab.LABELS_DIR` looks in the checkout
 first, then there. (pyproject's `packages.find` cannot map a folder outside the packages; MANIFEST.in puts
 labels/ in the sdist.) Editable installs skip the copy: they read the checkout's labels/.
 """

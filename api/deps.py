@@ -11,19 +11,20 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from api.security import Refused, check_api_key
-from videotag.jobs import JobStore
-from videotag.settings import Settings
+from videotag.core.settings import Settings
+from workers.jobstore import JobStore
 
 
 @dataclass
 class AppState:
     settings: Settings
-    store: JobStore  # sync client: used from the thread pool
+    jobstore: JobStore  # sync client: used from the thread pool
     aredis: aioredis.Redis  # async client: blocking waits without holding a thread
     ready_cache: dict = field(default_factory=dict)
 
 
 def state(request: Request) -> AppState:
+    """This app's AppState (a FastAPI dependency)."""
     return request.app.state.vt
 
 
@@ -46,10 +47,12 @@ def basic_password(request: Request) -> str | None:
 
 
 def given_key(request: Request, key: str | None) -> str | None:
+    """The API key a request carries: the X-API-Key header, else a Basic-auth password."""
     return key or basic_password(request)
 
 
 def require_api_key(request: Request, key: KeyHeader = None) -> None:
+    """Refuse the request (401) unless it carries one of the server's API keys (when it has any)."""
     check_api_key(state(request).settings.api_keys, given_key(request, key))
 
 

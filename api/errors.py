@@ -19,30 +19,15 @@ import redis.exceptions as rx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
 
 from api.schemas import Problem
 from api.security import Refused
+from workers.celery_app import UNAVAILABLE, is_unavailable
 
 log = logging.getLogger("videotag.api")
 
 RETRY_AFTER_S = 5
-# Redis errors that mean "not now" rather than "never": the server is down, restarting, replaying its AOF,
-# full (noeviction refuses writes) or refusing writes because it cannot persist.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    rx.ConnectionError,  # includes BusyLoadingError (LOADING) and AuthenticationError-free connection failures
-    rx.TimeoutError,
-    rx.OutOfMemoryError,
-    rx.ReadOnlyError,
-    rx.MasterDownError,
-    rx.TryAgainError,
-    OperationalError,  # kombu/Celery: a message could not be published
-    ConnectionError,  # OSError family: refused / reset while talking to the broker
-)
-_TRANSIENT_REPLIES = ("MISCONF", "LOADING", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN")
-
-
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
@@ -53,12 +38,6 @@ def unavailable(exc: BaseException) -> JSONResponse:
     what = "the job store is full (Redis maxmemory reached)" if full else "the job store / broker is unavailable"
     log.warning("503: %s: %s: %s", what, type(exc).__name__, exc)
     return problem(503, f"{what}; retry in a few seconds", {"Retry-After": str(RETRY_AFTER_S)})
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, UNAVAILABLE):
-        return True
-    return isinstance(exc, rx.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
 
 
 def install(app: FastAPI) -> None:

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from api.schemas import BatchJSON, InputJSON
 from api.security import Refused
 from api.uploads import read_body
-from videotag.settings import Settings
+from videotag.core.settings import Settings
+from videotag.inputs import parse_filelist
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,7 +27,6 @@ JSON = "application/json"
 MULTIPART = "multipart/form-data"
 TEXT = "text/plain"
 OCTETS = "application/octet-stream"
-_BLANK = " \t\r\ufeff"
 
 
 def setting(name: str) -> str:
@@ -102,11 +102,6 @@ def input_json(raw: dict[str, Any], settings: Settings) -> InputJSON:
     return body
 
 
-def filelist_lines(text: str) -> list[str]:
-    """One path or URL per line; blank lines (spaces, tabs, a byte-order mark) are skipped."""
-    return [ln.rstrip("\r").lstrip("\ufeff") for ln in text.split("\n") if ln.strip(_BLANK)]
-
-
 def batch_json(raw: dict[str, Any]) -> tuple[BatchJSON, list[str]]:
     """POST /v1/batches as JSON: `paths` and/or `filelist`, each non-empty when given."""
     body = validate(BatchJSON, raw, strict=True)
@@ -114,9 +109,9 @@ def batch_json(raw: dict[str, Any]) -> tuple[BatchJSON, list[str]]:
         raise Refused(422, "give 'paths' (a list) or 'filelist' (text, one path per line)")
     if body.paths is not None and not body.paths:
         raise Refused(422, "paths: the list is empty")
-    lines = filelist_lines(body.filelist) if body.filelist is not None else []
+    lines = parse_filelist(body.filelist) if body.filelist is not None else []
     if body.filelist is not None and not lines:
-        raise Refused(422, "filelist: no path in it (every line is blank)")
+        raise Refused(422, "filelist: no path in it (every line is blank or a # comment)")
     return body, list(body.paths or []) + lines
 
 

@@ -1,6 +1,6 @@
 """FastAPI application factory: `uvicorn api.main:create_app --factory` (what `videotag serve` runs).
 
-Configuration comes from `videotag.settings` (environment `VIDEOTAG_*`); the Redis URL from VIDEOTAG_REDIS_URL
+Configuration comes from `videotag.core.settings` (environment `VIDEOTAG_*`); the Redis URL from VIDEOTAG_REDIS_URL
 or the local `videotag serve`'s service.json. On start-up the API re-enqueues unfinished jobs that have no
 message in the broker (resume after a restart).
 """
@@ -20,13 +20,14 @@ from api import errors, openapi
 from api.deps import AppState
 from api.metrics import HttpMetrics, RedisCollector
 from api.routes import batches, docs, health, jobs, models, web
-from videotag.jobs import BLOCK_S, JobStore
-from videotag.settings import get_settings
+from videotag.core.settings import get_settings
+from workers.jobstore import BLOCK_S, JobStore
 
 log = logging.getLogger("videotag.api")
 
 
 def create_app() -> FastAPI:
+    """The FastAPI app: job store + Redis clients, routes, metrics, and a resume of unfinished jobs at start-up."""
     settings = get_settings()
     from workers.celery_app import redis_url
 
@@ -34,21 +35,21 @@ def create_app() -> FastAPI:
     # Bounded waits: a Redis that is down answers "refused" at once, but a hung one must not hold a request
     # forever (the handlers in api.errors turn these timeouts into 503). Reads outlast the longest BLPOP.
     timeouts = {"socket_connect_timeout": 3.0, "socket_timeout": BLOCK_S + 8.0}
-    store = JobStore(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **timeouts))
+    jobstore = JobStore(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **timeouts))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from workers.tasks import enqueue
+        from workers.submit import resume
 
         try:
-            counts = store.resume(enqueue, include_unacked=True)
+            counts = resume(jobstore, include_unacked=True)
             if counts.get("requeued"):
                 log.warning("resumed %d unfinished job(s) after a restart: %s", counts["requeued"], counts)
         except Exception:  # a broken resume must not keep the API down; it is logged and retried on next start
             log.exception("resume of unfinished jobs failed")
         yield
         await app.state.vt.aredis.aclose()
-        store.r.close()
+        jobstore.r.close()
 
     app = FastAPI(
         title="videotag",
@@ -60,9 +61,9 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     aredis = aioredis.Redis.from_url(url, decode_responses=True, **timeouts)
-    app.state.vt = AppState(settings=settings, store=store, aredis=aredis)
+    app.state.vt = AppState(settings=settings, jobstore=jobstore, aredis=aredis)
     app.state.registry = registry = CollectorRegistry()
-    registry.register(RedisCollector(store))
+    registry.register(RedisCollector(jobstore))
     errors.install(app)
 
     for r in (jobs.router, batches.router, models.router, health.router, docs.router, web.router):

@@ -9,20 +9,21 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from videotag.jobs import DURATION_BUCKETS, JobStore
+from workers.celery_app import queue_depths
+from workers.jobstore import DURATION_BUCKETS, JobStore
 
 
 class RedisCollector(Collector):
     """Scrape-time view of what the workers recorded in `vt:metrics` and of the broker queues."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, jobstore: JobStore) -> None:
+        self.jobstore = jobstore
 
     def collect(self) -> Iterator:
         try:
-            depths = self.store.queue_depths()
-            m = self.store.metrics()
-            counts = self.store.counts()
+            depths = queue_depths(self.jobstore.r)
+            m = self.jobstore.metrics()
+            counts = self.jobstore.counts()
         except Exception:  # noqa: BLE001 - Redis down: export what we have (nothing) and let readyz say why
             up = GaugeMetricFamily("videotag_redis_up", "1 if the job store answered this scrape")
             up.add_metric([], 0)

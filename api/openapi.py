@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api.schemas import FILELIST_PATTERN, BatchJSON, InputJSON, Options, RepredictJSON
 from videotag.catalog import installed_models, model_languages
-from videotag.settings import Settings
+from videotag.core.settings import Settings
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -47,7 +47,8 @@ BATCH_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "The videos: JSON (`paths` and/or `filelist`), a text/plain filelist (one path or URL per "
-        "line), or a multipart form with a `filelist` part (a file or a text field).",
+        "line; `#` comment lines and blank lines skipped; a directory is each video in it), or a multipart form with "
+        "a `filelist` part (a file or a text field).",
         "content": {
             "application/json": {"schema": _ref("BatchJSON")},
             "text/plain": {"schema": _ref("Filelist")},

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from videotag.jobs import Job
-from videotag.schema import VideoResult
+from videotag.core.results import VideoResult
+from workers.jobstore import Job
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job id (from a submission, or `<batch_id>.<index>`).")]
@@ -191,10 +191,12 @@ class BatchJSON(Options):
         {"required": ["paths"], "properties": {"paths": {"type": "array"}}},
         {"required": ["filelist"], "properties": {"filelist": {"type": "string"}}},
     ]})  # fmt: skip
-    paths: list[str] | None = Field(None, description="Paths or URLs, one video each.", json_schema_extra={
-                                    "minItems": 1, "items": {"type": "string", "pattern": SOURCE_PATTERN}})  # fmt: skip
+    paths: list[str] | None = Field(None, description="Paths or URLs (a directory: each video in it).",
+                                    json_schema_extra={"minItems": 1,
+                                                       "items": {"type": "string", "pattern": SOURCE_PATTERN}})
     filelist: str | None = Field(None, json_schema_extra={"pattern": FILELIST_PATTERN}, description="One path or "
-                                 "URL per line; blank lines are skipped (at least one must remain).")  # fmt: skip
+                                 "URL per line (a directory: each video in it); blank lines and lines starting with # "
+                                 "are skipped (at least one must remain).")  # fmt: skip
 
 
 class RepredictJSON(BaseModel):

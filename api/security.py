@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from videotag.netguard import non_public_target
+from videotag.core.netguard import non_public_target
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -115,7 +115,7 @@ def check_model_lang(model: str, lang: str | None, weights_dir: Path) -> str | N
     if not lang:
         return None
     from videotag.catalog import require_language
-    from videotag.errors import ModelMismatchError
+    from videotag.core.errors import ModelMismatchError
 
     try:
         require_language(Path(weights_dir) / model, lang)

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from videotag.settings import Settings  # noqa: E402
+from videotag.core.settings import Settings  # noqa: E402
 
 
 def _peak_rss_mib() -> float:

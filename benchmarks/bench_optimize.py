@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from extractor import quantize as q  # noqa: E402
-from videotag.settings import Settings  # noqa: E402
+from videotag.core.settings import Settings  # noqa: E402
 
 TARGET_RESNET_SPEEDUP = 2.5
 
@@ -192,8 +192,8 @@ def bench_default(videos: Path, rounds: int, threads: int, frames: int, eval_fra
 def videotag_bundle_from_generated_weights(weights: Path, log) -> Path:
     """The imported VideoTag bundle from generated Paddle weights (as tests/importers/test_paddle_videotag.py)."""
     from tests.reference import numpy_paddle as ref
+    from videotag.core.vocab import VIDEOTAG_LABELS
     from videotag.importers.paddle_videotag import import_videotag
-    from videotag.vocab import VIDEOTAG_LABELS
 
     src = weights.parent / "paddle"
     src.mkdir(exist_ok=True)

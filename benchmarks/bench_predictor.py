@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from predictor.ensemble_builder import build_ensemble  # noqa: E402
 from predictor.export import export_predictor  # noqa: E402
 from predictor.models import create_model  # noqa: E402
-from predictor.runtime import OnnxPredictor  # noqa: E402
-from videotag.vocab import Vocabulary  # noqa: E402
+from predictor.onnx_predictor import OnnxPredictor  # noqa: E402
+from videotag.core.vocab import Vocabulary  # noqa: E402
 
 T = 300
 

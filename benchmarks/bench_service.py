@@ -5,7 +5,7 @@
    worker); added latency per job = client wall time - time spent inside the pipeline functions (the worker's
    own measurements of extract_to_store and predict), reported as p50/p95, next to the end-to-end p50/p95.
 3. enqueue rate (API + Redis, no workers, so nothing competes): POST /v1/jobs one by one and from 8 threads,
-   POST /v1/batches with many paths, and the CLI path (create_batch + enqueue in-process).
+   POST /v1/batches with many paths, and the CLI path (workers.submit.submit_batch in-process).
 
 Usage: python benchmarks/bench_service.py [--n 30] [--frames 16] [--out bench_service.json]
 Every video is a distinct generated clip, so no stage-1 result is reused.
@@ -32,7 +32,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import videogen  # noqa: E402
 from service_helpers import free_port, make_weights, service_settings, start_service  # noqa: E402
 
-from videotag.jobs import JobStore  # noqa: E402
+from workers.celery_app import queue_depths  # noqa: E402
+from workers.jobstore import JobStore  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -78,7 +79,7 @@ def through_service(paths: list[Path], svc) -> tuple[list[float], list[float]]:
 
 
 def enqueue_rates(tmp: Path, weights: Path, root: Path, n_single: int, n_batch: int) -> dict[str, float]:
-    from videotag.service import Service
+    from workers.supervisor import Service
 
     settings = service_settings(tmp / "enqueue", weights, path_roots=[root])
     svc = Service(settings, port=free_port(), workers=False).start()
@@ -110,26 +111,25 @@ def enqueue_rates(tmp: Path, weights: Path, root: Path, n_single: int, n_batch: 
                 codes = list(ex.map(one, range(n_single)))
                 out["api_jobs_per_s_8_clients"] = n_single / (time.perf_counter() - t)
             assert set(codes) == {202}
-            store = JobStore.from_url(svc.redis_url)
-            depth0 = store.queue_depths()["extract"]
+            jobstore = JobStore.from_url(svc.redis_url)
+            depth0 = queue_depths(jobstore.r)["extract"]
             paths = [str(root / f"v{i}.mp4") for i in range(n_batch)]
             t = time.perf_counter()
             r = c.post("/v1/batches", json={"paths": paths})
             assert r.status_code == 202, r.text
             out["api_batch_response_items_per_s"] = n_batch / (time.perf_counter() - t)
-            while store.queue_depths()["extract"] < depth0 + n_batch:  # published after the response
+            while queue_depths(jobstore.r)["extract"] < depth0 + n_batch:  # published after the response
                 time.sleep(0.01)
             out["api_batch_queued_items_per_s"] = n_batch / (time.perf_counter() - t)
         from workers.celery_app import app, celery_broker_url
-        from workers.tasks import enqueue
+        from workers.submit import submit_batch
 
         app.conf.broker_url = celery_broker_url(svc.redis_url)
         t = time.perf_counter()
-        _, ids = store.create_batch(paths, "path")
-        enqueue([(j, "extract", None) for j in ids])
+        submit_batch(jobstore, paths)
         out["cli_batch_items_per_s"] = n_batch / (time.perf_counter() - t)
-        out["queue_depth_after"] = float(store.queue_depths()["extract"])
-        store.r.close()
+        out["queue_depth_after"] = float(queue_depths(jobstore.r)["extract"])
+        jobstore.r.close()
     finally:
         svc.stop(worker_grace=5)
     return out

@@ -53,7 +53,7 @@ def cmd_providers(args) -> int:
     """What this onnxruntime offers, and which provider a session REALLY gets for each one asked for."""
     import onnxruntime as ort
 
-    from videotag.runtime import choose_providers
+    from videotag.core.onnx_sessions import choose_providers
 
     info: dict = {"onnxruntime": ort.__version__, "available": ort.get_available_providers()}
     try:

@@ -118,7 +118,7 @@ EOF
 echo "python: $PY ($("$PY" --version 2>&1)); pip wheels' CUDA libraries on LD_LIBRARY_PATH: $(echo "$NV_LIBS" | tr ':' '\n' | grep -c . || true) dirs"
 VT=("$PY" -m videotag)
 "${VT[@]}" setup >/dev/null 2>&1 || fail "videotag setup (default models)"
-WEIGHTS=$("$PY" -c 'from videotag.settings import Settings; print(Settings().weights_dir)')
+WEIGHTS=$("$PY" -c 'from videotag.core.settings import Settings; print(Settings().weights_dir)')
 CPU_ONLY=$([ "$DRY" = 1 ] && echo --cpu-only || true)
 
 # ------------------------------------------------------------------------------------------------ 1. providers

@@ -14,8 +14,8 @@ import numpy as np
 
 from extractor.preprocess import Preprocess
 from extractor.sampling import DEFAULT_POLICY
-from videotag.manifest import WEIGHTS_NAME, read_manifest, staged_dir, write_manifest
-from videotag.runtime import get_session
+from videotag.core.manifest import WEIGHTS_NAME, read_manifest, staged_dir, write_manifest
+from videotag.core.onnx_sessions import get_session
 
 if TYPE_CHECKING:  # torch is only needed to export; serving (FrameExtractor) stays torch-free and lean
     from torch import nn

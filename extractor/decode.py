@@ -10,7 +10,7 @@ count). `SampledDecoder` estimates it (header count; else a demux-only packet co
 yields the estimated plan's frames as they are decoded, then checks the estimate against the decoded count and,
 if it was wrong, decodes a second time yielding only the frames the exact plan still lacks.
 
-Bad input raises `videotag.errors.VideoError(source, code, reason)`. Damaged files: packets that fail to decode
+Bad input raises `videotag.core.errors.VideoError(source, code, reason)`. Damaged files: packets that fail to decode
 are skipped and counted; when reading stops early (truncated file) the frames decoded so far are used; both are
 recorded in `VideoInfo.warnings`. Only if no frame decodes at all is it an error (`truncated` when reading
 failed, `no_frames` otherwise).
@@ -36,7 +36,7 @@ from av.stream import Disposition
 from av.video.reformatter import VideoReformatter
 
 from extractor.sampling import COUNT_POLICIES, POLICIES, count_indices, timestamp_indices
-from videotag.errors import VideoError
+from videotag.core.errors import VideoError
 
 log = logging.getLogger(__name__)
 

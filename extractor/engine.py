@@ -19,7 +19,7 @@ import numpy as np
 
 from extractor.backbone import FrameExtractor
 from extractor.decode import SampledDecoder, SamplePlan, VideoInfo
-from videotag.errors import VideoError
+from videotag.core.errors import VideoError
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -135,14 +135,4 @@ def extract_many(
                 th.join(timeout=0.05)
 
 
-def extract_video(
-    source: str, extractor: FrameExtractor, num_frames: int = 300, policy: str | None = None, batch_size: int = 32
-) -> Extraction:
-    """Stage 1 for one video; raises VideoError for bad input."""
-    (res,) = list(extract_many([source], extractor, num_frames, policy, batch_size))
-    if isinstance(res, _Failed):
-        raise res.error
-    return res
-
-
-__all__ = ["Extraction", "VideoError", "extract_many", "extract_video"]
+__all__ = ["Extraction", "VideoError", "extract_many"]

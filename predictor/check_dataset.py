@@ -26,10 +26,10 @@ import numpy as np
 from tqdm import tqdm
 
 from predictor.data import MISMATCH_CODES, Problem, read_labels, resolve_labels
-from videotag.errors import StoreError
-from videotag.manifest import now_iso
-from videotag.store import FeatureStore, SourceIndex
-from videotag.vocab import Vocabulary
+from videotag.core.errors import StoreError
+from videotag.core.feature_store import FeatureStore, SourceIndex
+from videotag.core.manifest import now_iso
+from videotag.core.vocab import Vocabulary
 
 REPORT_NAME = "report.json"
 HISTOGRAM_NAME = "class_histogram.png"

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from predictor.models import SequenceModel, create_model
-from videotag.errors import VideotagError
-from videotag.vocab import Vocabulary
+from videotag.core.errors import VideotagError
+from videotag.core.vocab import Vocabulary
 
 FORMAT = "videotag.checkpoint"
 FORMAT_VERSION = 1
@@ -83,6 +83,7 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint (a file, or a run dir: its best.pt) as the dict it was saved as, its format checked."""
     p = resolve_checkpoint(path)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
@@ -104,6 +105,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> SequenceModel:
 
 
 def checkpoint_vocab(ckpt: dict[str, Any]) -> Vocabulary:
+    """The vocabulary a checkpoint was trained on."""
     return Vocabulary(tuple(ckpt["vocab"]["names"]))
 
 

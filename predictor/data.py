@@ -37,10 +37,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from videotag.errors import VideotagError
-from videotag.hashing import sha256_file
-from videotag.store import FeatureStore
-from videotag.vocab import Vocabulary
+from videotag.core.errors import VideotagError
+from videotag.core.feature_store import ID_LENGTH, FeatureStore
+from videotag.core.hashing import sha256_file
+from videotag.core.vocab import Vocabulary
 
 
 class DatasetError(VideotagError):
@@ -241,7 +241,6 @@ class Resolver(Protocol):
 # Problem codes of label keys that match no stored video (`check-dataset` counts them as mismatches).
 MISMATCH_CODES = ("unknown_id", "missing_file", "not_extracted", "ambiguous_line")
 _HEX = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")
-_ID_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -284,7 +283,7 @@ def match_key(
     vid = store.resolve(key)
     if vid is not None:
         return Match(vid, "id" if vid == key else "source")
-    if _HEX.fullmatch(key) and (vid := store.resolve(key[:_ID_LENGTH])) is not None:
+    if _HEX.fullmatch(key) and (vid := store.resolve(key[:ID_LENGTH])) is not None:
         return Match(vid, "id")
     if "://" in key:
         return Match(None, code="unknown_id", reason="URL not recorded as a source in the feature store")
@@ -312,12 +311,12 @@ def match_key(
             return Match(
                 None, code="not_extracted", reason=f"file {files[0]} cannot be read to match its content ({e})"
             )
-        if (vid := store.resolve(digest[:_ID_LENGTH])) is not None:
+        if (vid := store.resolve(digest[:ID_LENGTH])) is not None:
             return Match(vid, "content")
         return Match(
             None,
             code="not_extracted",
-            reason=f"file {files[0]} exists but neither its path nor its content (id {digest[:_ID_LENGTH]}) is in "
+            reason=f"file {files[0]} exists but neither its path nor its content (id {digest[:ID_LENGTH]}) is in "
             "the feature store: not extracted yet (`videotag extract`), or another --features?",
         )
     if _HEX.fullmatch(key) or not _FILEISH.search(key):

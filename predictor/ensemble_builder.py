@@ -24,8 +24,8 @@ from predictor.checkpoint import export_checkpoint
 from predictor.export import OPSET, PARITY_TOL, parity_batch
 from predictor.metrics import gap
 from predictor.models.ensemble import compose_onnx, normalise_weights
-from videotag.errors import ModelMismatchError
-from videotag.manifest import (
+from videotag.core.errors import ModelMismatchError
+from videotag.core.manifest import (
     LABELS_NAME,
     MANIFEST_NAME,
     WEIGHTS_NAME,
@@ -34,7 +34,7 @@ from videotag.manifest import (
     staged_dir,
     write_manifest,
 )
-from videotag.vocab import Vocabulary
+from videotag.core.vocab import Vocabulary
 
 
 def _member_dirs(members: Sequence[str | Path], tmp: Path) -> list[Path]:

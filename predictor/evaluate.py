@@ -23,10 +23,10 @@ from predictor.checkpoint import checkpoint_vocab, load_checkpoint, model_from_c
 from predictor.data import DatasetError, SequenceDataset, load_labelled, pad_collate, sequence_shape, store_backbone
 from predictor.metrics import evaluate_all, per_class_ap
 from predictor.models import SequenceModel
-from videotag.errors import ModelMismatchError
-from videotag.manifest import MANIFEST_NAME, now_iso
-from videotag.store import FeatureStore
-from videotag.vocab import Vocabulary
+from videotag.core.errors import ModelMismatchError
+from videotag.core.feature_store import FeatureStore
+from videotag.core.manifest import MANIFEST_NAME, now_iso
+from videotag.core.vocab import Vocabulary
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ class _Scorer:
     def __init__(self, path: str | Path) -> None:
         p = Path(path)
         if p.is_dir() and (p / MANIFEST_NAME).is_file():
-            from predictor.runtime import OnnxPredictor
+            from predictor.onnx_predictor import OnnxPredictor
 
             self.kind = "onnx"
             self.onnx = OnnxPredictor(p)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,8 @@ import numpy as np
 import torch
 
 from predictor.models.base import SequenceModel
-from videotag.manifest import LABELS_NAME, WEIGHTS_NAME, staged_dir, write_manifest
-from videotag.vocab import Vocabulary
+from videotag.core.manifest import LABELS_NAME, WEIGHTS_NAME, staged_dir, write_manifest
+from videotag.core.vocab import Vocabulary
 
 OPSET = 17
 PARITY_TOL = 1e-4
@@ -119,7 +118,3 @@ def export_predictor(
             manifest["sampling"] = sampling
         write_manifest(tmp, manifest)
     return Path(out_dir)
-
-
-def save_run_config(path: str | Path, config: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from videotag.hashing import sha256_bytes
-from videotag.store import FeatureRecord, write_shard
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureRecord, write_shard
+from videotag.core.hashing import sha256_bytes
+from videotag.core.vocab import Vocabulary
 
 
 @dataclass

@@ -60,10 +60,10 @@ from predictor.evaluate import check_backbone, predict_torch
 from predictor.metrics import evaluate_all, gap
 from predictor.models import SequenceModel, create_model, get_model_class
 from predictor.recipes import RecipeError, lr_factor, plateau_scale, resolve_recipe, warmup_steps
-from videotag.hashing import sha256_file
-from videotag.manifest import now_iso
-from videotag.store import FeatureStore
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureStore
+from videotag.core.hashing import sha256_file
+from videotag.core.manifest import now_iso
+from videotag.core.vocab import Vocabulary
 
 RUN_CONFIG = "run_config.json"
 HISTORY = "history.json"

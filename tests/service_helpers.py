@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import videogen
 
-from videotag.settings import Settings
+from videotag.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SECOND_MODEL = "tiny_pool"  # another predictor on the same backbone, for re-prediction
@@ -33,8 +33,8 @@ def make_weights(root: Path, default_weights: Path) -> Path:
 
     from predictor.export import export_predictor
     from predictor.models import create_model
-    from videotag.manifest import backbone_id, read_manifest
-    from videotag.vocab import Vocabulary
+    from videotag.core.manifest import backbone_id, read_manifest
+    from videotag.core.vocab import Vocabulary
 
     root.mkdir(parents=True, exist_ok=True)
     for name in ("efficientnet_lite0", "imagenet_framepool"):
@@ -78,7 +78,7 @@ def service_settings(tmp: Path, weights: Path, **overrides) -> Settings:
 
 def start_service(settings: Settings, timeout: float = 120.0, **kw):
     """A running Service (ready: Redis + API + a worker on each queue). Caller stops it."""
-    from videotag.service import Service
+    from workers.supervisor import Service
 
     svc = Service(settings, port=free_port(), **kw)
     svc.start()

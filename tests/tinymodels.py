@@ -51,8 +51,8 @@ def tiny_backbone(out: Path, seed: int = 0, architecture: str = "tinybb") -> Pat
 def tiny_predictor(out: Path, backbone_dir: Path, seed: int = 0) -> Path:
     from predictor.export import export_predictor
     from predictor.models import create_model
-    from videotag.manifest import add_vocabularies, backbone_id, read_manifest
-    from videotag.vocab import Vocabulary
+    from videotag.core.manifest import add_vocabularies, backbone_id, read_manifest
+    from videotag.core.vocab import Vocabulary
 
     torch.manual_seed(seed)
     model = create_model("frame_pool", feature_dim=FEATURE_DIM, num_classes=NUM_CLASSES, pool="meanmax",

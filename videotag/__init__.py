@@ -8,8 +8,10 @@ From Python::
     for r in tagger.tag(["a.mp4", "clips/"]):  # files, directories, URLs; one result each, in order
         print(r.source, r.tags[:3] if r.ok else r.error)
 
-See `help(videotag.Tagger)`. The shared package also holds what every door (CLI, API, Celery) uses: settings,
-the feature-store format, vocabularies, model manifests, the result schema and the pipeline functions.
+See `help(videotag.Tagger)`. Floors (docs/architecture.md): `videotag.core` is the ground (settings, errors,
+manifests, vocabularies, result schema, feature store, ONNX sessions); `extractor` and `predictor` stand on it;
+the pipeline (`videotag.inputs`, `videotag.pipeline`, `videotag.tagger`, ...) above them; the doors on top
+(`videotag.cli`, `workers`, `api`).
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ __version__ = "0.1.0"
 __all__ = ["Tag", "Tagger", "VideoResult", "VideotagError", "__version__"]
 
 if TYPE_CHECKING:
-    from videotag.errors import VideotagError
-    from videotag.schema import Tag, VideoResult
+    from videotag.core.errors import VideotagError
+    from videotag.core.results import Tag, VideoResult
     from videotag.tagger import Tagger
 
 _LAZY = {
     "Tagger": "videotag.tagger",
-    "VideoResult": "videotag.schema",
-    "Tag": "videotag.schema",
-    "VideotagError": "videotag.errors",
+    "VideoResult": "videotag.core.results",
+    "Tag": "videotag.core.results",
+    "VideotagError": "videotag.core.errors",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `import videotag.settings` (the API, the workers) must not load ONNX Runtime and the decoders.
+    # Lazy: `import videotag.core.settings` (the API, the workers) must not load ONNX Runtime and the decoders.
     if name in _LAZY:
         import importlib
 

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from videotag.errors import ModelMismatchError
-from videotag.manifest import MANIFEST_NAME
+from videotag.core.errors import ModelMismatchError
+from videotag.core.manifest import MANIFEST_NAME
 
 # name -> what `videotag setup NAME` installs and what it needs
 AVAILABLE: dict[str, dict[str, str]] = {

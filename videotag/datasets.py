@@ -30,11 +30,12 @@ from pathlib import Path
 
 from predictor.data import DatasetError, read_labels, resolve_labels, split_by_id
 from videotag import pipeline
-from videotag.manifest import now_iso
-from videotag.schema import VideoResult
-from videotag.settings import Settings
-from videotag.store import FeatureStore
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureStore, video_id_for
+from videotag.core.manifest import now_iso
+from videotag.core.results import VideoResult
+from videotag.core.settings import Settings
+from videotag.core.vocab import Vocabulary
+from videotag.inputs import VIDEO_EXTENSIONS, expand_inputs
 
 
 @dataclass
@@ -71,10 +72,10 @@ class DatasetPaths:
 def _class_folders(videos_dir: Path) -> tuple[list[str], dict[str, list[str]], list[str]]:
     """Sorted class names, class -> its videos (recursive), and videos lying outside any class folder."""
     dirs = sorted(d for d in videos_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = {d.name: pipeline.expand_inputs([str(d)]) for d in dirs}
+    per_class = {d.name: expand_inputs([str(d)]) for d in dirs}
     per_class = {name: found for name, found in per_class.items() if found}
     loose = [
-        str(p) for p in sorted(videos_dir.iterdir()) if p.is_file() and p.suffix.lower() in pipeline.VIDEO_EXTENSIONS
+        str(p) for p in sorted(videos_dir.iterdir()) if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
     ]
     return sorted(per_class), per_class, loose
 
@@ -128,7 +129,7 @@ def _reusable(sources: list[str], shard_dir: Path, settings: Settings) -> dict[i
         return out
     for i, src in enumerate(sources):
         try:
-            vid = pipeline.video_id_for(src)
+            vid = video_id_for(src)
         except OSError:
             continue  # extraction reports it
         shard = shard_dir / f"{vid}.h5"
@@ -179,7 +180,7 @@ def build_dataset(
         if not classes:
             raise DatasetError(
                 f"{videos_dir}: no class folders with videos (expected {videos_dir}/<class>/*.mp4; "
-                f"extensions {'/'.join(sorted(pipeline.VIDEO_EXTENSIONS))}), or pass --labels FILE.csv"
+                f"extensions {'/'.join(sorted(VIDEO_EXTENSIONS))}), or pass --labels FILE.csv"
             )
         if loose:
             problems.append(f"{len(loose)} video(s) directly in {videos_dir} are in no class folder, left out "
@@ -188,7 +189,7 @@ def build_dataset(
         folder_of = {s: c for c in classes for s in per_class[c]}
     else:
         classes = _csv_class_names(Path(labels))
-        sources = pipeline.expand_inputs([str(videos_dir)])
+        sources = expand_inputs([str(videos_dir)])
         if not sources:
             raise DatasetError(f"{videos_dir}: no video files found (searched recursively)")
     vocab = Vocabulary(tuple(classes))

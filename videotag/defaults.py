@@ -17,9 +17,9 @@ from extractor.preprocess import Preprocess
 from extractor.sampling import DEFAULT_POLICY
 from predictor.export import export_predictor
 from predictor.models import create_model
-from videotag.errors import ManifestError
-from videotag.manifest import add_vocabularies, backbone_id, read_manifest
-from videotag.vocab import LABELS_DIR, Vocabulary
+from videotag.core.errors import ManifestError
+from videotag.core.manifest import add_vocabularies, backbone_id, read_manifest
+from videotag.core.vocab import LABELS_DIR, Vocabulary
 
 log = logging.getLogger(__name__)
 BACKBONE = "efficientnet_lite0"

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from videotag.errors import VideotagError
-from videotag.hashing import sha256_file
+from videotag.core.errors import VideotagError
+from videotag.core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20

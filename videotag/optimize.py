@@ -40,9 +40,9 @@ import numpy as np
 
 from extractor import quantize as q
 from extractor.preprocess import Preprocess
-from videotag.errors import ManifestError, VideoError, VideotagError
-from videotag.manifest import MANIFEST_NAME, WEIGHTS_NAME, now_iso, read_manifest, staged_dir, write_manifest
-from videotag.settings import Settings
+from videotag.core.errors import ManifestError, VideoError, VideotagError
+from videotag.core.manifest import MANIFEST_NAME, WEIGHTS_NAME, now_iso, read_manifest, staged_dir, write_manifest
+from videotag.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ def optimize_model(
 
 def _fp16_providers(settings: Settings) -> list[str]:
     """Where to measure an FP16 model: the GPU providers the settings allow when usable, else the CPU."""
-    from videotag.runtime import choose_providers
+    from videotag.core.onnx_sessions import choose_providers
 
     return choose_providers(settings.onnx_providers)
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,59 +21,29 @@ from pathlib import Path
 from extractor.backbone import FrameExtractor
 from extractor.decode import check_file
 from extractor.engine import Extraction, _Failed, extract_many
-from predictor.runtime import OnnxPredictor
-from videotag.errors import VideoError, VideotagError
-from videotag.hashing import sha256_file
-from videotag.manifest import read_manifest
-from videotag.schema import VideoResult, rank
-from videotag.settings import Settings
-from videotag.store import FeatureRecord, FeatureStore, ShardWriter, absolute_source, write_shard
+from predictor.onnx_predictor import OnnxPredictor
+from videotag.core.errors import VideoError, VideotagError
+from videotag.core.feature_store import (
+    ID_LENGTH,
+    FeatureRecord,
+    FeatureStore,
+    ShardWriter,
+    absolute_source,
+    shard_path,
+    write_shard,
+)
+from videotag.core.hashing import sha256_file
+from videotag.core.manifest import read_manifest
+from videotag.core.results import VideoResult, rank
+from videotag.core.settings import Settings
+from videotag.inputs import is_url
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = {
-    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".qt", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts",
-    ".mts", ".3gp", ".ogv", ".vob", ".mxf", ".divx",
-}  # fmt: skip
-ID_LENGTH = 32  # hex chars of the content sha256 used as the video id
 MAX_REDIRECTS = 5
 
 
-# --------------------------------------------------------------------------------------------- inputs
-def is_url(s: str) -> bool:
-    return s.startswith(("http://", "https://"))
-
-
-def read_filelist(path: str | Path) -> list[str]:
-    """VideoTag's filelist: one path per line. Spaces and non-ASCII are kept; blank lines skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise VideotagError(f"cannot read filelist {path}: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise VideotagError(f"filelist {path} is not UTF-8 text ({e})") from e
-    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
-
-
-def expand_inputs(inputs: Iterable[str], filelist: str | Path | None = None) -> list[str]:
-    """Videos, directories (recursive, by video extension), URLs and a filelist -> ordered list of sources.
-
-    Paths that don't exist are kept: they are reported per item as `missing`, never dropped.
-    """
-    items = list(inputs) + (read_filelist(filelist) if filelist else [])
-    out: list[str] = []
-    for item in items:
-        p = Path(item)
-        if not is_url(item) and p.is_dir():
-            found = sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in VIDEO_EXTENSIONS and q.is_file())
-            if not found:
-                log.warning("%s: directory contains no video files (extensions: %s)", item, "/".join(VIDEO_EXTENSIONS))
-            out.extend(found)
-        else:
-            out.append(item)
-    return out
-
-
+# --------------------------------------------------------------------------------------------- URLs
 def fetch_url(url: str, dest_dir: Path, settings: Settings, public_only: bool = False) -> Path:
     """Download an http(s) URL with size and time limits; VideoError(download_failed) on any failure.
 
@@ -82,7 +52,7 @@ def fetch_url(url: str, dest_dir: Path, settings: Settings, public_only: bool = 
     """
     import httpx
 
-    from videotag.netguard import non_public_target
+    from videotag.core.netguard import non_public_target
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     name = Path(urllib.parse.urlparse(url).path).name or "video"
@@ -117,11 +87,6 @@ def fetch_url(url: str, dest_dir: Path, settings: Settings, public_only: bool = 
     return Path(tmp)
 
 
-def video_id_for(path: str | Path) -> str:
-    """Content-based id: the first 32 hex chars of the file's sha256 (same bytes -> same id)."""
-    return sha256_file(path)[:ID_LENGTH]
-
-
 # --------------------------------------------------------------------------------------------- models
 @dataclass
 class Models:
@@ -140,20 +105,24 @@ def backbone_dir_for(settings: Settings, model: str | None = None) -> Path:
 
 @lru_cache(maxsize=8)
 def _load_extractor(path: str, providers: tuple[str, ...], threads: int) -> FrameExtractor:
+    """One FrameExtractor per (backbone dir, providers, threads) per process."""
     return FrameExtractor(path, list(providers), threads)
 
 
 @lru_cache(maxsize=8)
 def _load_predictor(path: str, providers: tuple[str, ...], threads: int) -> OnnxPredictor:
+    """One OnnxPredictor per (model dir, providers, threads) per process."""
     return OnnxPredictor(path, list(providers), threads)
 
 
 def get_extractor(settings: Settings, model: str | None = None) -> FrameExtractor:
+    """The backbone `model` needs (its bundled one, else the configured one), loaded once per process."""
     bdir = backbone_dir_for(settings, model)
     return _load_extractor(str(bdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
 
 
 def get_predictor(settings: Settings, model: str | None = None) -> OnnxPredictor:
+    """The predictor `model` (default: settings.model), loaded once per process."""
     pdir = settings.resolve_model_dir(model or settings.model)
     return _load_predictor(str(pdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
 
@@ -183,7 +152,17 @@ def load_models(settings: Settings, model: str | None = None) -> Models:
 
 
 # --------------------------------------------------------------------------------------------- stage 1
+def extraction_stream(
+    paths: Sequence[str], extractor: FrameExtractor, settings: Settings, model: str | None = None
+) -> Iterator[Extraction | _Failed]:
+    """Stage 1, assembled once for every caller: decode + sample (the model's rule) ahead while the CNN runs in
+    batches; one Extraction (or _Failed) per local path, in order."""
+    batch = auto_batch_size(extractor, settings.batch_size)
+    return extract_many(list(paths), extractor, settings.frames, sampling_for(settings, model), batch)
+
+
 def to_record(ex: Extraction, extractor: FrameExtractor, video_id: str, content_sha256: str) -> FeatureRecord:
+    """One extraction as the feature store's record (float16 features + provenance and decode metadata)."""
     info = ex.info
     return FeatureRecord(
         video_id=video_id,
@@ -246,16 +225,14 @@ def extract_to_store(
         _check_local(local, source)
         sha = sha256_file(local)
         vid = video_id or sha[:ID_LENGTH]
-        shard = Path(features_dir) / extractor.name / f"{vid}.h5"
+        shard = shard_path(features_dir, extractor.name, vid)
         if shard.is_file():
             log.info("%s: features already stored in %s", source, shard)
-            rec = FeatureStore(shard)
-            n = rec.get(vid).num_frames
-            rec.close()
+            with FeatureStore(shard) as rec:
+                n = rec.get(vid).num_frames
             return {"path": str(shard), "video_id": vid, "source": source, "num_frames": n, "reused": True,
                     "timings": {"total_s": round(time.perf_counter() - t0, 4)}}  # fmt: skip
-        batch = auto_batch_size(extractor, settings.batch_size)
-        (res,) = list(extract_many([local], extractor, settings.frames, sampling_for(settings, model), batch))
+        (res,) = list(extraction_stream([local], extractor, settings, model))
         if isinstance(res, _Failed):
             raise _as_source_error(res.error, source)
         res.source = source
@@ -354,7 +331,6 @@ def tag_sources(
     extractor = models.extractor if models else get_extractor(settings, model)
     if models:
         models.predictor.names(settings.lang)  # a language the model lacks fails now, not once per video
-    policy = sampling_for(settings, model)
     writer = ShardWriter(features_out, on_exists="replace") if features_out and features_out.suffix == ".h5" else None
     tmpdir = Path(tempfile.mkdtemp(prefix="videotag-dl-"))
     written: set[str] = set()
@@ -369,9 +345,7 @@ def tag_sources(
             except VideoError as e:
                 early[i] = error_result(src, e)
                 local.append("")
-        todo = [p for p in local if p]
-        batch = auto_batch_size(extractor, settings.batch_size)
-        stream = extract_many(todo, extractor, settings.frames, policy, batch)
+        stream = extraction_stream([p for p in local if p], extractor, settings, model)
         for i, src in enumerate(sources):
             if i in early:
                 res = early[i]
@@ -399,6 +373,7 @@ def _finish_one(
     features_out: Path | None,
     written: set[str],
 ) -> VideoResult:
+    """One source's stage-1 output -> its record (kept in the run's store if asked) -> its result (stage 2)."""
     if isinstance(item, _Failed):
         return error_result(src, _as_source_error(item.error, src))
     try:
@@ -413,7 +388,7 @@ def _finish_one(
                 written.add(vid)
             location = {"path": str(features_out), "video_id": vid}
         elif features_out is not None:
-            shard = features_out / extractor.name / f"{vid}.h5"
+            shard = shard_path(features_out, extractor.name, vid)
             write_shard(shard, [rec], on_exists="keep")
             location = {"path": str(shard), "video_id": vid}
         if models is None:
@@ -482,6 +457,7 @@ class ResultWriter:
 
 
 def write_results(results: Iterable[VideoResult], out_dir: Path) -> None:
+    """All of `results` through one ResultWriter (results.jsonl + VideoTag JSONs) into `out_dir`."""
     w = ResultWriter(out_dir)
     try:
         for r in results:

@@ -7,7 +7,7 @@
         print(r.source, r.tags[:3] if r.ok else r.error)
 
 `Tagger.tag` calls `videotag.pipeline.tag_sources`; `extract` is `tag_sources(..., predict=False)` and `predict`
-is `predict_store`: there is no second pipeline. Results are `videotag.schema.VideoResult`, as everywhere else.
+is `predict_store`: there is no second pipeline. Results are `videotag.core.results.VideoResult`, as everywhere else.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, overload
 
 from videotag import pipeline
-from videotag.errors import VideotagError
-from videotag.schema import VideoResult
-from videotag.settings import Device, Settings
+from videotag.core.errors import VideotagError
+from videotag.core.results import VideoResult
+from videotag.core.settings import Device, Settings
+from videotag.inputs import expand_inputs, is_directory
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Tagger:
         threshold: drop tags below this probability (default: none).
         weights_dir: where models live (default: ``VIDEOTAG_WEIGHTS_DIR``, else ``weights/`` in a source
             checkout, else ``$XDG_DATA_HOME/videotag/weights`` or ``~/.local/share/videotag/weights``).
-        settings: a `videotag.settings.Settings` to start from (default: the ``VIDEOTAG_*`` environment;
+        settings: a `videotag.core.settings.Settings` to start from (default: the ``VIDEOTAG_*`` environment;
             a ``.env`` file is not read).
         **overrides: any other `Settings` field (``sampling``, ``batch_size``, ``intra_op_threads``, ...).
 
@@ -200,7 +201,7 @@ class Tagger:
         settings = library_settings(self.settings, topk=topk, threshold=threshold, lang=lang)
         out = Path(features_out) if features_out is not None else None
         one = _is_one(inputs)
-        sources = [_one_source(inputs)] if one else pipeline.expand_inputs([os.fspath(x) for x in inputs])
+        sources = [_one_source(inputs)] if one else expand_inputs([os.fspath(x) for x in inputs])
         results = pipeline.tag_sources(sources, settings, features_out=out)
         if visualize is not None:
             from videotag.visualize import visualize_stream
@@ -232,7 +233,7 @@ class Tagger:
             one = [_one_source(inputs)]
             (res,) = list(pipeline.tag_sources(one, self.settings, features_out=out_path, predict=False))
             return res
-        sources = pipeline.expand_inputs([os.fspath(x) for x in inputs])
+        sources = expand_inputs([os.fspath(x) for x in inputs])
         return pipeline.tag_sources(sources, self.settings, features_out=out_path, predict=False)
 
     def predict(
@@ -261,11 +262,13 @@ class Tagger:
 
 
 def _is_one(inputs: object) -> bool:
+    """One input (a str or path: one result back) rather than an iterable of them."""
     return isinstance(inputs, str | os.PathLike)
 
 
 def _one_source(inputs: PathLike) -> str:
+    """A single input as a source; a directory is refused (it would be many videos)."""
     src = os.fspath(inputs)
-    if not pipeline.is_url(src) and Path(src).is_dir():
+    if is_directory(src):
         raise VideotagError(f"{src} is a directory: pass it in a list to tag every video in it, tag([{src!r}])")
     return src

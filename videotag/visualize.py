@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from videotag.errors import VideotagError
-from videotag.schema import Tag, VideoResult
+from videotag.core.errors import VideotagError
+from videotag.core.results import Tag, VideoResult
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the worker options and run one Celery worker on the given queues."""
     ap = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     ap.add_argument("--queues", "-Q", default="extract,predict", help="extract, predict or extract,predict")
     ap.add_argument("--concurrency", "-c", type=int, default=1, help="pool processes (each loads the models once)")

@@ -1,21 +1,57 @@
-"""The Celery application: Redis broker, JSON only, late acks, one prefetched message per process.
+"""The Celery application and every Redis/Celery/kombu message detail, in one place.
+
+Redis broker, JSON only, late acks, one prefetched message per process. Here and only here: the queue names and
+the routing of the two stage tasks, how a job's stage message is built and published (`signature`, `enqueue`),
+and what is read from or written to the broker's own keys (`queue_depths`, `queued_job_ids`, `restore_unacked`,
+`workers_by_queue`). The job records themselves live in `workers.jobstore`; the tasks in `workers.tasks`.
 
 The broker URL comes from `Settings.redis_url` (`VIDEOTAG_REDIS_URL`), else from the `service.json` that a
 running `videotag serve` writes into its data dir (so `videotag worker` / `submit` on the same machine find the
-embedded Redis). Celery's own result backend is off: job state lives in our records (`videotag.jobs`),
+embedded Redis). Celery's own result backend is off: job state lives in our records (`workers.jobstore`),
 because Celery reports PENDING for unknown ids and would keep a second copy of every result.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
+from typing import Any
 
-from celery import Celery
+import redis
+import redis.exceptions as rx
+from celery import Celery, Signature
+from kombu.exceptions import OperationalError
 
-from videotag.settings import Settings, get_settings
+from videotag.core.settings import Settings, get_settings
 
 SERVICE_FILE = "service.json"
+QUEUES = ("extract", "predict")
+# Stage -> Celery task name; each stage's task is routed to the queue of the same name.
+TASKS = {"extract": "videotag.extract", "predict": "videotag.predict"}
+# Redis errors that mean "not now" rather than "never": the server is down, restarting, replaying its AOF,
+# full (noeviction refuses writes) or refusing writes because it cannot persist.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,  # includes BusyLoadingError (LOADING) and AuthenticationError-free connection failures
+    rx.TimeoutError,
+    rx.OutOfMemoryError,
+    rx.ReadOnlyError,
+    rx.MasterDownError,
+    rx.TryAgainError,
+    OperationalError,  # kombu/Celery: a message could not be published
+    ConnectionError,  # OSError family: refused / reset while talking to the broker
+)
+_TRANSIENT_REPLIES = ("MISCONF", "LOADING", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means the broker/job store (Redis) is unavailable for now, not that the request is bad."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
+_PRIORITY_SUFFIXES = [f"\x06\x16{pri}" for pri in (3, 6, 9)]  # kombu's redis priority sub-queues
 
 
 def service_info(settings: Settings) -> dict | None:
@@ -58,10 +94,12 @@ def celery_broker_url(url: str) -> str:
 def visibility_timeout(settings: Settings) -> int:
     # A message delivered to a worker that dies is redelivered only after this; it must exceed the longest task
     # (hard limit) plus the longest retry countdown, or a slow task would be delivered twice while running.
+    """Seconds before the broker redelivers an unacked message (longest task + retry room)."""
     return int(settings.task_time_limit_s) + 600
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    """The Celery app configured from `settings` (broker, JSON only, late acks, limits, routes)."""
     settings = settings or get_settings()
     url = redis_url(settings, required=False)
     app = Celery("videotag", include=["workers.tasks"])
@@ -82,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        task_routes={"videotag.extract": {"queue": "extract"}, "videotag.predict": {"queue": "predict"}},
+        task_routes={name: {"queue": stage} for stage, name in TASKS.items()},
         task_default_queue="predict",
         # Loading ONNX sessions happens lazily in the first task of each process; give the pool room anyway.
         worker_proc_alive_timeout=60,
@@ -101,7 +139,7 @@ def worker_argv(
 ) -> list[str]:
     """Arguments for `app.worker_main`: prefork pool, one process per core by default, no gossip/mingle."""
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    bad = [q for q in names if q not in ("extract", "predict")]
+    bad = [q for q in names if q not in QUEUES]
     if not names or bad:
         raise ValueError(f"queues must be extract, predict or both (comma-separated), got {queues!r}")
     import os
@@ -121,15 +159,13 @@ def worker_argv(
     return argv
 
 
-def restore_unacked(url: str, queues: tuple[str, ...] = ("extract", "predict")) -> int:
+def restore_unacked(url: str, queues: tuple[str, ...] = QUEUES) -> int:
     """Put messages of `queues` that were delivered but never acked back at the head of their queue, now.
 
     Only for when no live worker can still hold them: a full restart of `videotag serve` (it owns the embedded
     server and every worker), or its single worker for a queue died. Otherwise kombu restores them itself once
     the visibility timeout has passed. Mirrors kombu's own restore (redis transport: `unacked` hash + index).
     """
-    import redis
-
     r = redis.Redis.from_url(url)
     n = 0
     try:
@@ -154,3 +190,86 @@ def restore_unacked(url: str, queues: tuple[str, ...] = ("extract", "predict")) 
     finally:
         r.close()
     return n
+
+
+# ---- publishing: how a job's stage becomes a message (the API, the CLI, resume and the extract task) -------------
+def task_id_for(job_id: str, stage: str) -> str:
+    """Our task ids are `<job_id>/<stage>/<nonce>`: the job is readable from any message (see queued_job_ids)."""
+    return f"{job_id}/{stage}/{uuid.uuid4().hex[:8]}"
+
+
+def job_id_of(task_id: str) -> str:
+    """The job a task id belongs to (inverse of `task_id_for`)."""
+    return task_id.split("/", 1)[0]
+
+
+def signature(job_id: str, stage: str = "extract", location: dict | None = None) -> Signature:
+    """The message for one job's stage: extract(job_id), or predict(location, job_id) on stored features."""
+    if stage == "predict":
+        assert location is not None, "predict needs a features location"
+        args: tuple[Any, ...] = (location, job_id)
+    elif stage == "extract":
+        args = (job_id,)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return app.signature(TASKS[stage], args=args, immutable=True, task_id=task_id_for(job_id, stage))
+
+
+def enqueue(items: list[tuple[str, str, dict | None]]) -> None:
+    """Publish [(job_id, stage, location)] over one broker connection."""
+    with app.producer_or_acquire() as producer:
+        for job_id, stage, location in items:
+            signature(job_id, stage, location).apply_async(producer=producer)
+
+
+# ---- reading the broker's own keys --------------------------------------------------------------------------
+def queue_depths(r: redis.Redis) -> dict[str, int]:
+    """Messages waiting in each queue (kombu's redis transport keeps a queue as a list of that name)."""
+    with r.pipeline(transaction=False) as p:
+        for q in QUEUES:
+            p.llen(q)
+        return dict(zip(QUEUES, (int(n) for n in p.execute()), strict=True))
+
+
+def queued_job_ids(r: redis.Redis, include_unacked: bool = True) -> set[str]:
+    """Job ids that have a message in a broker queue (or, optionally, delivered but not yet acked).
+
+    kombu keeps each message as JSON with the task id in `headers.id`, and our task ids start with the job id,
+    so reading the lists (and the `unacked` hash) tells which jobs need no new message.
+    """
+    ids: set[str] = set()
+
+    def take(payload: Any) -> None:
+        try:
+            tid = payload["headers"]["id"]
+        except (KeyError, TypeError):
+            return
+        if isinstance(tid, str) and "/" in tid:
+            ids.add(job_id_of(tid))
+
+    for name in QUEUES:
+        for q in [name] + [name + suffix for suffix in _PRIORITY_SUFFIXES]:
+            for start in range(0, int(r.llen(q)), 10_000):
+                for raw in r.lrange(q, start, start + 9_999):
+                    try:
+                        take(json.loads(raw))
+                    except ValueError:
+                        continue
+    if include_unacked:
+        for raw in r.hvals("unacked"):
+            try:
+                take(json.loads(raw)[0])
+            except (ValueError, IndexError, TypeError):
+                continue
+    return ids
+
+
+def workers_by_queue(timeout: float = 1.0) -> dict[str, list[str]]:
+    """Ask the workers over the broker's control channel which of our queues they consume (node names)."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    out: dict[str, list[str]] = {q: [] for q in QUEUES}
+    for node, queues in replies.items():
+        for q in queues or []:
+            if q.get("name") in out:
+                out[q["name"]].append(node)
+    return {q: sorted(nodes) for q, nodes in out.items()}

@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from celery.worker.request import Request
 
-from videotag.errors import ManifestError, ModelMismatchError, StoreError, VideoError
-from videotag.jobs import Job, JobStore
-from videotag.settings import Settings, get_settings
-from workers.celery_app import app, redis_url
+from videotag.core.errors import ManifestError, ModelMismatchError, StoreError, VideoError
+from videotag.core.settings import Settings, get_settings
+from workers.celery_app import TASKS, app, job_id_of, redis_url, signature
+from workers.jobstore import Job, JobStore
 
 log = logging.getLogger("videotag.workers")
 MAX_RETRIES = 4
@@ -41,20 +40,15 @@ TRANSIENT = (OSError, redis.ConnectionError, redis.TimeoutError)  # VideoError i
 NOT_TRANSIENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 PERMANENT_CODES = {ModelMismatchError: "model_mismatch", ManifestError: "model_missing", StoreError: "store_error"}
 
-_STORE: JobStore | None = None
+_JOBSTORE: JobStore | None = None
 
 
-def store() -> JobStore:
+def jobstore() -> JobStore:
     """This process's job store client (created lazily, i.e. after the pool forked)."""
-    global _STORE
-    if _STORE is None:
-        _STORE = JobStore.from_url(redis_url(get_settings()))
-    return _STORE
-
-
-def job_id_of(task_id: str) -> str:
-    """Our task ids are `<job_id>/<stage>/<nonce>`."""
-    return task_id.split("/", 1)[0]
+    global _JOBSTORE
+    if _JOBSTORE is None:
+        _JOBSTORE = JobStore.from_url(redis_url(get_settings()))
+    return _JOBSTORE
 
 
 class _Request(Request):
@@ -65,8 +59,8 @@ class _Request(Request):
             err = {"code": "timeout", "reason": f"{stage} exceeded the hard time limit of {timeout:.0f} s",
                    "stage": stage}  # fmt: skip
             with contextlib.suppress(Exception):
-                store().record(job_id_of(self.id), error=err)
-                store().observe_task(stage, float(timeout), ok=False, code="timeout")
+                jobstore().record(job_id_of(self.id), error=err)
+                jobstore().observe_task(stage, float(timeout), ok=False, code="timeout")
 
 
 class VideotagTask(Task):
@@ -83,7 +77,7 @@ class VideotagTask(Task):
         reason = (f"{stage} exceeded the soft time limit of {self.soft_time_limit or app.conf.task_soft_time_limit} s"
                   if code == "timeout" else f"{type(exc).__name__}: {exc}")  # fmt: skip
         try:
-            st = store()
+            st = jobstore()
             job = st.get(job_id_of(task_id))
             st.observe_task(stage, 0.0, ok=False, code=code)
             if job is not None and st.record(job.id, error={"code": code, "reason": reason, "stage": stage},
@@ -95,12 +89,12 @@ class VideotagTask(Task):
 
 def _begin(job_id: str, stage: str, **fields: Any) -> Job:
     """Load the job; stop quietly (Ignore: acked, chain not continued) if it is unknown or already finished."""
-    job = store().get(job_id)
+    job = jobstore().get(job_id)
     if job is None or job.terminal:
         log.info("%s %s: %s, nothing to do", stage, job_id, "unknown job" if job is None else job.status)
         raise Ignore()
-    store().advance(job_id, **fields)
-    store().bump_attempts(job_id)
+    jobstore().advance(job_id, **fields)
+    jobstore().bump_attempts(job_id)
     return job
 
 
@@ -109,8 +103,9 @@ def _not_transient(e: BaseException) -> bool:
 
 
 def _fail(job: Job, stage: str, code: str, reason: str, seconds: float) -> None:
-    store().observe_task(stage, seconds, ok=False, code=code)
-    if store().record(job.id, error={"code": code, "reason": reason, "stage": stage}, timings=job.timings) == 2:
+    """Record a stage's permanent failure on its job (and finish its batch when it was the last item)."""
+    jobstore().observe_task(stage, seconds, ok=False, code=code)
+    if jobstore().record(job.id, error={"code": code, "reason": reason, "stage": stage}, timings=job.timings) == 2:
         finalize_batch(job.batch_id)
 
 
@@ -145,7 +140,7 @@ def _guard(task: Task, job: Job, stage: str, observe: bool = True) -> Iterator[N
             countdown = min(60.0, 2.0 * 2**retries) * random.uniform(0.8, 1.2)
             log.warning("%s %s: transient %s (%s); retry %d in %.1f s", stage, job.id, type(e).__name__, e,
                         retries + 1, countdown)  # fmt: skip
-            store().observe_task(stage, time.monotonic() - t0, ok=False, code="retry")
+            jobstore().observe_task(stage, time.monotonic() - t0, ok=False, code="retry")
             raise task.retry(exc=e, countdown=countdown) from None
         _fail(job, stage, "io_error", f"{type(e).__name__}: {e} (after {retries} retries)", time.monotonic() - t0)
         raise Ignore() from None
@@ -154,7 +149,7 @@ def _guard(task: Task, job: Job, stage: str, observe: bool = True) -> Iterator[N
         _fail(job, stage, "internal", f"{type(e).__name__}: {e}", time.monotonic() - t0)
         raise Ignore() from None
     if observe:
-        store().observe_task(stage, time.monotonic() - t0, ok=True)
+        jobstore().observe_task(stage, time.monotonic() - t0, ok=True)
 
 
 @worker_process_init.connect
@@ -177,7 +172,7 @@ def _warm_up(**_: Any) -> None:
         log.warning("model warm-up failed (%s: %s); tasks will report it", type(e).__name__, e)
 
 
-@app.task(name="videotag.extract", bind=True, base=VideotagTask)
+@app.task(name=TASKS["extract"], bind=True, base=VideotagTask)
 def extract(self: Task, job_id: str) -> dict:
     """Stage 1: decode + sample + backbone -> one HDF5 shard. Returns the features location (JSON dict)."""
     settings = get_settings()
@@ -194,7 +189,7 @@ def extract(self: Task, job_id: str) -> dict:
     timings = {"queue_extract_s": started - job.created, "extract_s": time.time() - started,
                **{f"extract.{k}": float(v) for k, v in (loc.get("timings") or {}).items()}}  # fmt: skip
     location = {k: loc[k] for k in ("path", "video_id", "source", "num_frames") if k in loc}
-    store().advance(job_id, status="extracted", extract_finished=time.time(), location=location,
+    jobstore().advance(job_id, status="extracted", extract_finished=time.time(), location=location,
                     video_id=location.get("video_id", ""), timings=timings)  # fmt: skip
     _hand_off(self, job, location)
     return location
@@ -208,7 +203,7 @@ def _hand_off(task: Task, job: Job, location: dict) -> None:
         signature(job.id, "predict", location).apply_async()
 
 
-@app.task(name="videotag.predict", bind=True, base=VideotagTask)
+@app.task(name=TASKS["predict"], bind=True, base=VideotagTask)
 def predict(self: Task, location: dict, job_id: str) -> None:
     """Stage 2 on stored features; records the job's result exactly once."""
     settings = get_settings()
@@ -225,7 +220,7 @@ def predict(self: Task, location: dict, job_id: str) -> None:
     result.timings = {**job.timings, **{f"predict.{k}": v for k, v in result.timings.items()},
                       "queue_predict_s": started - queued_since, "predict_s": now - started,
                       "total_s": now - job.created}  # fmt: skip
-    if store().record(job_id, result=result, timings=result.timings) == 2:
+    if jobstore().record(job_id, result=result, timings=result.timings) == 2:
         finalize_batch(job.batch_id)
 
 
@@ -234,7 +229,7 @@ def finalize_batch(batch_id: str | None, settings: Settings | None = None, force
     if not batch_id:
         return None
     settings = settings or get_settings()
-    st = store()
+    st = jobstore()
     info = st.batch(batch_id)
     if info is None or info["status"] != "complete" or (info["results_dir"] and not force):
         return Path(info["results_dir"]) if info and info["results_dir"] else None
@@ -251,20 +246,3 @@ def finalize_batch(batch_id: str | None, settings: Settings | None = None, force
         return out
     finally:
         st.release(f"results:{batch_id}")
-
-
-# ---- enqueueing (used by the API, the CLI and resume) ------------------------------------------------------
-def signature(job_id: str, stage: str = "extract", location: dict | None = None):
-    """The message for one job's stage. extract publishes the job's predict message itself when it is done."""
-    nonce = uuid.uuid4().hex[:8]
-    if stage == "predict":
-        assert location is not None, "predict needs a features location"
-        return predict.si(location, job_id).set(task_id=f"{job_id}/predict/{nonce}")
-    return extract.si(job_id).set(task_id=f"{job_id}/extract/{nonce}")
-
-
-def enqueue(items: list[tuple[str, str, dict | None]]) -> None:
-    """Publish [(job_id, stage, location)] over one broker connection."""
-    with app.producer_or_acquire() as producer:
-        for job_id, stage, location in items:
-            signature(job_id, stage, location).apply_async(producer=producer)

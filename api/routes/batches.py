@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -16,6 +17,8 @@ from api.openapi import BATCH_BODY, REPREDICT_BODY
 from api.schemas import BatchId, BatchItem, BatchOut, BatchResults, ErrorInfo, JobOut, Options, RepredictJSON
 from api.security import Refused, check_model_lang, check_model_name, check_url, resolve_server_path
 from api.uploads import read_body, receive_upload
+from videotag.inputs import parse_filelist
+from workers.submit import NothingToSubmit, batch_sources, publish_extract, submit_batch, submit_repredict
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(require_api_key)])
 INLINE_ENQUEUE = 1000  # batches up to this size are fully queued before the response
@@ -44,13 +47,14 @@ async def _read_batch(request: Request, st: AppState) -> tuple[Options, list[str
         raw = up.files.get("filelist") or up.fields.get("filelist", "").encode()
         fields = {k: v for k, v in up.fields.items() if k in ("model", "topk", "threshold", "lang")}
         opts = limits.validate(Options, fields, strict=False)
-        return opts, limits.filelist_lines(raw.decode("utf-8", "replace"))
+        return opts, parse_filelist(raw.decode("utf-8", "replace"))
     raw = await read_body(request, s.max_filelist_bytes, "filelist", limits.setting("max_filelist_bytes"))
-    return Options(), limits.filelist_lines(raw.decode("utf-8", "replace"))
+    return Options(), parse_filelist(raw.decode("utf-8", "replace"))
 
 
-def _check_sources(items: list[str], st: AppState) -> list[str]:
-    """Every entry must be an allowed URL or a path under the roots; report the first few refusals by line."""
+def _check_sources(items: list[str], what: str, st: AppState) -> list[str]:
+    """Every entry must be an allowed URL or a path under the roots; report the first few refusals by number
+    (`what`: "line" for the entries given, "found file" for the videos a directory held)."""
     s = st.settings
     out, bad = [], []
     for n, item in enumerate(items, 1):
@@ -64,7 +68,7 @@ def _check_sources(items: list[str], st: AppState) -> list[str]:
     if bad:
         status = max(e.status for _, e in bad)
         more = f" (and {len(bad) - _REPORT} more)" if len(bad) > _REPORT else ""
-        raise Refused(status, f"{len(bad)} refused item(s): " + "; ".join(f"line {n}: {e.detail}" for n, e in
+        raise Refused(status, f"{len(bad)} refused item(s): " + "; ".join(f"{what} {n}: {e.detail}" for n, e in
                       bad[:_REPORT]) + more)  # fmt: skip
     return out
 
@@ -77,34 +81,36 @@ def _batch_response(info: dict[str, Any], status: int = 200) -> JSONResponse:
 @router.post("", status_code=202, response_model=BatchOut, openapi_extra=BATCH_BODY,
              responses=responses(400, 401, 403, 404, 413, 415, 422, 503))  # fmt: skip
 async def create_batch(request: Request, st: State) -> Response:
-    """Queue a filelist (JSON `paths`/`filelist`, a text/plain body, or an uploaded `filelist` file)."""
+    """Queue a filelist (JSON `paths`/`filelist`, a text/plain body, or an uploaded `filelist` file); a directory
+    is each video in it, blank and `#` lines are skipped."""
     body, items = await _read_batch(request, st)
     limits.check_batch(items, st.settings)
-    sources = await run_in_threadpool(_check_sources, items, st)
+    try:  # directories become their videos, as for `videotag tag DIR`
+        sources = await run_in_threadpool(batch_sources, items, None, partial(_check_sources, st=st))
+    except NothingToSubmit as e:
+        raise Refused(422, str(e)) from None
+    if len(sources) != len(items):
+        limits.check_batch(sources, st.settings)  # what the directories held counts against the same limits
     model = check_model_name(body.model, st.settings.weights_dir) or st.settings.model
     lang = check_model_lang(model, body.lang, st.settings.weights_dir)
-
-    from workers.tasks import enqueue
-
-    def create() -> tuple[dict[str, Any], list[str]]:
-        batch_id, job_ids = st.store.create_batch(sources, "path", model=model, topk=body.topk,
-                                                  threshold=body.threshold, lang=lang)  # fmt: skip
-        return st.store.batch(batch_id) or {}, job_ids
-
-    info, job_ids = await run_in_threadpool(create)
-    items = [(j, "extract", None) for j in job_ids]
-    if len(items) <= INLINE_ENQUEUE:
-        await run_in_threadpool(enqueue, items)
-        return _batch_response(info, 202)
     # Large filelists: answer once the records exist; publish after the response (a crash in between is
     # covered by resume at the next start: the jobs are in vt:jobs:active with no message in the queue).
+    inline = len(sources) <= INLINE_ENQUEUE
+
+    def create() -> tuple[dict[str, Any], list[str]]:
+        batch_id, job_ids = submit_batch(st.jobstore, sources, model=model, topk=body.topk, threshold=body.threshold,
+                                         lang=lang, publish=inline)  # fmt: skip
+        return st.jobstore.batch(batch_id) or {}, job_ids
+
+    info, job_ids = await run_in_threadpool(create)
     resp = _batch_response(info, 202)
-    resp.background = BackgroundTask(enqueue, items)
+    if not inline:
+        resp.background = BackgroundTask(publish_extract, job_ids)
     return resp
 
 
 async def _batch(st: AppState, batch_id: str) -> dict[str, Any]:
-    info = await run_in_threadpool(st.store.batch, batch_id)
+    info = await run_in_threadpool(st.jobstore.batch, batch_id)
     if info is None:
         raise Refused(404, f"no batch {batch_id!r}")
     return info
@@ -127,9 +133,9 @@ async def batch_results(
     info = await _batch(st, batch_id)
 
     def page() -> list[BatchItem]:
-        ids = st.store.batch_items(batch_id, offset, limit)
+        ids = st.jobstore.batch_items(batch_id, offset, limit)
         items = []
-        for jid, job in zip(ids, st.store.get_many(ids), strict=True):
+        for jid, job in zip(ids, st.jobstore.get_many(ids), strict=True):
             if job is None:
                 continue
             j = JobOut.of(job)
@@ -160,35 +166,8 @@ async def repredict(batch_id: BatchId, request: Request, st: State) -> Response:
         raise Refused(409, f"batch {batch_id} is still running ({info['pending']} pending); re-predict when complete")
 
     def create() -> dict[str, Any]:
-        from workers.tasks import enqueue
-
-        jobs = st.store.get_many(st.store.batch_items(batch_id))
-        sources, locations, errors = [], [], []
-        for job in jobs:
-            assert job is not None
-            sources.append(job.source)
-            locations.append(job.location)
-            errors.append(
-                None
-                if job.location
-                else {
-                    "code": (job.error or {}).get("code", "no_features"),
-                    "stage": "extract",
-                    "reason": "no stored features: " + (job.error or {}).get("reason", "never extracted"),
-                }
-            )
-        new_id, job_ids = st.store.create_batch(sources, kind="repredict", parent=batch_id, model=model,
-                                                topk=body.topk, threshold=body.threshold, lang=lang,
-                                                locations=locations,
-                                                errors=errors)  # fmt: skip
-        enqueue([(j, "predict", loc) for j, loc in zip(job_ids, locations, strict=True) if loc])
-        info = st.store.batch(new_id) or {}
-        if info.get("status") == "complete":  # every item failed upstream: nothing was queued, write results now
-            from workers.tasks import finalize_batch
-
-            finalize_batch(new_id)
-            info = st.store.batch(new_id) or {}
-        return info
+        return submit_repredict(st.jobstore, batch_id, model=model, topk=body.topk, threshold=body.threshold,
+                                lang=lang)  # fmt: skip
 
     return _batch_response(await run_in_threadpool(create), 202)
 

@@ -18,7 +18,7 @@ from api.deps import AppState, KeyHeader, State, given_key
 from api.errors import responses
 from api.schemas import Health, Ready
 from api.security import check_api_key
-from videotag.jobs import QUEUES
+from workers.celery_app import QUEUES, workers_by_queue
 
 router = APIRouter(tags=["health"])
 READY_CACHE_S = 2.0
@@ -31,19 +31,6 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-def _workers_by_queue() -> dict[str, list[str]]:
-    """Ask the workers over the broker's control channel which queues they consume."""
-    from workers.celery_app import app
-
-    replies = app.control.inspect(timeout=INSPECT_TIMEOUT_S).active_queues() or {}
-    out: dict[str, list[str]] = {q: [] for q in QUEUES}
-    for node, queues in replies.items():
-        for q in queues or []:
-            if q.get("name") in out:
-                out[q["name"]].append(node)
-    return {q: sorted(nodes) for q, nodes in out.items()}
-
-
 def check_ready(st: AppState) -> dict[str, Any]:
     """The detailed answer (node names, the error as raised); `public()` makes the one anybody may see."""
     cached = st.ready_cache
@@ -52,8 +39,8 @@ def check_ready(st: AppState) -> dict[str, Any]:
     nodes: dict[str, list[str]] = {q: [] for q in QUEUES}
     body: dict[str, Any] = {"status": "not_ready", "redis": False}
     try:
-        body["redis"] = bool(st.store.r.ping())
-        nodes = _workers_by_queue()
+        body["redis"] = bool(st.jobstore.r.ping())
+        nodes = workers_by_queue(INSPECT_TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 - any failure here means "not ready", and the reason is reported
         body["error"] = f"{type(e).__name__}: {e}"
     missing = [q for q in QUEUES if not nodes.get(q)]
@@ -72,6 +59,7 @@ def check_ready(st: AppState) -> dict[str, Any]:
 
 
 def public(body: dict[str, Any]) -> dict[str, Any]:
+    """The readiness body without node names and raw errors: what anybody may see."""
     return {k: v for k, v in body.items() if k not in ("nodes", "error")}
 
 

@@ -14,12 +14,14 @@ from fastapi.responses import JSONResponse
 
 from api import limits
 from api.deps import AppState, State, require_api_key
-from api.errors import is_unavailable, responses
+from api.errors import responses
 from api.openapi import INPUT_BODY
 from api.schemas import Frame, FramesOut, JobId, JobOut, Options
 from api.security import Refused, check_model_lang, check_model_name, check_url, resolve_server_path
 from api.uploads import receive_upload
-from videotag.jobs import BLOCK_S, Job, P, new_id
+from videotag.inputs import is_directory
+from workers.jobstore import BLOCK_S, Job, new_id, notify_key
+from workers.submit import submit_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -43,7 +45,11 @@ async def accept_input(request: Request, st: AppState, kind: str) -> Job:
                 source = await run_in_threadpool(check_url, body.url, s.allow_urls, s.allow_private_urls)
                 kind_in = "url"
             else:
-                source, kind_in = str(resolve_server_path(body.path or "", s.path_roots)), "path"
+                path = resolve_server_path(body.path or "", s.path_roots)
+                if is_directory(str(path)):
+                    raise Refused(422, f"{body.path} is a directory: submit it as a batch (POST /v1/batches) to tag "
+                                  "each video in it")  # fmt: skip
+                source, kind_in = str(path), "path"
         else:
             dest = Path(s.uploads_dir).resolve() / job_id
             up = await receive_upload(request, dest, s.max_upload_bytes, setting=limits.setting("max_upload_bytes"))
@@ -57,17 +63,8 @@ async def accept_input(request: Request, st: AppState, kind: str) -> Job:
         lang = check_model_lang(model, body.lang, s.weights_dir)
 
         def create() -> Job:
-            from workers.tasks import enqueue
-
-            job = st.store.create_job(source, kind_in, kind=kind, model=model, topk=body.topk,
-                                      threshold=body.threshold, lang=lang, filename=filename,
-                                      job_id=job_id)  # fmt: skip
-            try:
-                enqueue([(job.id, "extract", None)])
-            except Exception as e:
-                _abandon(st, job.id, e)
-                raise
-            return job
+            return submit_job(st.jobstore, source, kind_in, kind=kind, model=model, topk=body.topk,
+                              threshold=body.threshold, lang=lang, filename=filename, job_id=job_id)  # fmt: skip
 
         return await run_in_threadpool(create)
     except BaseException:
@@ -75,16 +72,6 @@ async def accept_input(request: Request, st: AppState, kind: str) -> Job:
             shutil.rmtree(dest, ignore_errors=True)
         raise
 
-
-def _abandon(st: AppState, job_id: str, exc: Exception) -> None:
-    """The job record exists but its message could not be published: fail it (best effort), so that a restart's
-    resume does not run it on an upload that is deleted."""
-    code = "unavailable" if is_unavailable(exc) else "submit_failed"
-    try:
-        st.store.record(job_id, error={"code": code, "stage": "submit",
-                                       "reason": f"the job could not be queued ({type(exc).__name__}); submit again"})
-    except Exception:  # noqa: BLE001 - Redis is down too: resume will find the job and fail it as missing
-        pass
 
 
 def _job_response(job: Job, status: int) -> JSONResponse:
@@ -113,11 +100,11 @@ async def tag(
     deadline = time.monotonic() + wait
     while (left := deadline - time.monotonic()) > 0:
         # short BLPOPs (a long one would hit redis-py's socket timeout); re-check the record between them
-        if await st.aredis.blpop([f"{P}notify:{job.id}"], timeout=min(left, BLOCK_S)):
+        if await st.aredis.blpop([notify_key(job.id)], timeout=min(left, BLOCK_S)):
             break
-        if (cur := await run_in_threadpool(st.store.get, job.id)) is not None and cur.terminal:
+        if (cur := await run_in_threadpool(st.jobstore.get, job.id)) is not None and cur.terminal:
             break
-    job = await run_in_threadpool(st.store.get, job.id) or job
+    job = await run_in_threadpool(st.jobstore.get, job.id) or job
     return _job_response(job, 200 if job.status == "done" else 422 if job.status == "failed" else 202)
 
 
@@ -129,7 +116,7 @@ async def create_job(request: Request, st: State) -> Response:
 
 
 async def _get_job(st: AppState, job_id: str) -> Job:
-    job = await run_in_threadpool(st.store.get, job_id)
+    job = await run_in_threadpool(st.jobstore.get, job_id)
     if job is None:
         raise Refused(404, f"no job {job_id!r}")
     return job
@@ -180,7 +167,7 @@ def thumbnails(source: str, out_dir: Path, count: int = 8, width: int = 160) -> 
                                 "it cannot be decoded", _422="The job id is malformed"))  # fmt: skip
 async def job_frames(job_id: JobId, st: State) -> FramesOut:
     """A strip of frames sampled from the job's video (small JPEG data URLs), decoded on first request."""
-    from videotag.errors import VideoError
+    from videotag.core.errors import VideoError
 
     job = await _get_job(st, job_id)
     if job.input not in ("upload", "path") or not _is_file(job.source):

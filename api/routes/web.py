@@ -13,4 +13,5 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/")
 async def index() -> FileResponse:
+    """The web page (upload a video, watch progress, see its tags and frames)."""
     return FileResponse(STATIC / "index.html", media_type="text/html")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from videotag.errors import ModelMismatchError
+from videotag.core.errors import ModelMismatchError
 
 STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 FEATURE_DIM = 2048

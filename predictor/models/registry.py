@@ -10,6 +10,7 @@ _REGISTRY: dict[str, type[SequenceModel]] = {}
 
 
 def register_model(cls: type[SequenceModel]) -> type[SequenceModel]:
+    """Class decorator: make a SequenceModel available under `name`."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
@@ -19,10 +20,12 @@ def register_model(cls: type[SequenceModel]) -> type[SequenceModel]:
 
 
 def list_models() -> list[str]:
+    """Names of the registered sequence models."""
     return sorted(_REGISTRY)
 
 
 def get_model_class(name: str) -> type[SequenceModel]:
+    """The registered SequenceModel class called `name` (ValueError lists the known ones)."""
     try:
         return _REGISTRY[name]
     except KeyError:

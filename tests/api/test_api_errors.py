@@ -20,7 +20,7 @@ from service_helpers import free_port, make_clips, make_weights, service_setting
 
 from api import errors
 from api.schemas import JobOut, Problem, Ready
-from videotag.redis_server import EmbeddedRedis
+from workers.redis_server import EmbeddedRedis
 
 KEY = "errors-key"
 
@@ -74,7 +74,7 @@ def test_handlers_map_failures_to_json():
 @pytest.fixture
 def api_on_own_redis(tmp_path, default_weights):
     """The API (no workers) on a Redis server this test starts, kills and restarts."""
-    from videotag.service import Service
+    from workers.supervisor import Service
 
     server = EmbeddedRedis(tmp_path / "redis")
     url = server.start()

@@ -205,6 +205,25 @@ def test_path_inputs_only_under_roots(env):
     assert "2 refused" in detail and "line 2" in detail and "line 3" in detail
 
 
+def test_a_directory_means_each_video_in_it(env):
+    """As for `videotag tag DIR`: a batch item naming a directory becomes one item per video in it (sorted,
+    recursive); what a directory holds is checked against the roots too; a single job cannot be a directory."""
+    c, root = env["client"], env["root"]
+    r = c.post("/v1/batches", json={"paths": ["clips"], "filelist": "# a comment\n\nclips/api_000.mp4\n", "topk": 1})
+    assert r.status_code == 202, r.text
+    b = wait_batch(c, r.json()["batch_id"])
+    want = [str(p.resolve()) for p in sorted((root / "clips").glob("*.mp4"))]
+    want.append(str((root / "clips" / "api_000.mp4").resolve()))
+    assert b["total"] == 4 and b["done"] == 4, b
+    items = BatchResults.model_validate(c.get(f"/v1/batches/{b['batch_id']}/results").json()).items
+    assert [it.source for it in items] == want
+    detail = problem(c.post("/v1/batches", json={"paths": [str(root)]}), 403)  # root/link.mp4 leads outside
+    assert "found file" in detail and "outside the allowed roots" in detail
+    (root / "empty").mkdir(exist_ok=True)
+    assert "no video files" in problem(c.post("/v1/batches", json={"paths": ["empty"]}), 422)
+    assert "is a directory" in problem(c.post("/v1/jobs", json={"path": "clips"}), 422)
+
+
 def test_missing_file_under_root_fails_as_job(env):
     r = env["client"].post("/v1/tag", json={"path": "clips/nothing.mp4"})
     job = JobOut.model_validate(r.json())
@@ -370,7 +389,7 @@ def test_health_ready_metrics_openapi(env):
 
 def test_readyz_reports_missing_workers(tmp_path, default_weights):
     """API + Redis without workers: 503 naming the queues nobody consumes."""
-    from videotag.service import Service
+    from workers.supervisor import Service
 
     settings = service_settings(tmp_path, make_weights(tmp_path / "w", default_weights))
     svc = Service(settings, port=free_port(), workers=False).start()

@@ -21,7 +21,7 @@ class RetryCalled(Exception):
     pass
 
 
-class FakeStore:
+class FakeJobStore:
     def __init__(self) -> None:
         self.recorded: list[dict] = []
         self.observed: list[tuple] = []
@@ -48,9 +48,9 @@ class FakeTask:
 
 
 @pytest.fixture
-def fake_store(monkeypatch):
-    st = FakeStore()
-    monkeypatch.setattr(tasks, "store", lambda: st)
+def fake_jobstore(monkeypatch):
+    st = FakeJobStore()
+    monkeypatch.setattr(tasks, "jobstore", lambda: st)
     return st
 
 
@@ -75,26 +75,26 @@ def _run(exc: BaseException, retries: int = 0) -> tuple[FakeTask, BaseException]
     ],
     ids=["eacces", "h5py", "eperm", "erofs"],
 )
-def test_permission_errors_fail_at_once(fake_store, exc):
+def test_permission_errors_fail_at_once(fake_jobstore, exc):
     task, raised = _run(exc)
     assert isinstance(raised, Ignore) and task.retried == []
-    (rec,) = fake_store.recorded
+    (rec,) = fake_jobstore.recorded
     err = rec["error"]
     assert err["code"] == "permission_denied" and err["stage"] == "extract"
     assert str(exc.strerror or exc) in err["reason"] and "not retried" in err["reason"]
     assert f"uid {os.getuid()}" in err["reason"]
-    assert fake_store.observed == [("extract", False, "permission_denied")]
+    assert fake_jobstore.observed == [("extract", False, "permission_denied")]
 
 
 @pytest.mark.parametrize(
     "exc", [OSError(errno.EIO, "Input/output error"), ConnectionResetError(), TimeoutError(), OSError("no errno")],
     ids=["eio", "connreset", "timeout", "plain"],
 )
-def test_other_os_errors_are_still_retried(fake_store, exc):
+def test_other_os_errors_are_still_retried(fake_jobstore, exc):
     task, raised = _run(exc)
-    assert isinstance(raised, RetryCalled) and task.retried == [exc] and fake_store.recorded == []
+    assert isinstance(raised, RetryCalled) and task.retried == [exc] and fake_jobstore.recorded == []
     task, raised = _run(exc, retries=tasks.MAX_RETRIES)  # retries used up: recorded as io_error
-    assert isinstance(raised, Ignore) and fake_store.recorded[0]["error"]["code"] == "io_error"
+    assert isinstance(raised, Ignore) and fake_jobstore.recorded[0]["error"]["code"] == "io_error"
 
 
 def _as_nobody(fn, *args) -> str:
@@ -120,7 +120,7 @@ def _as_nobody(fn, *args) -> str:
 
 
 def _create_shard(path: str) -> str:
-    from videotag.store import ShardWriter
+    from videotag.core.feature_store import ShardWriter
 
     try:
         ShardWriter(path)
@@ -133,7 +133,7 @@ def _create_shard(path: str) -> str:
 def test_feature_store_raises_what_the_guard_classifies():
     """As a user who may not write the features directory (the compose defect), creating a shard raises an
     error `_guard` treats as permanent, not a wrapped or transient one."""
-    import videotag.store  # noqa: F401 - loaded before the fork
+    import videotag.core.feature_store  # noqa: F401 - loaded before the fork
 
     root = Path(tempfile.mkdtemp(prefix="vt-perm-"))  # under /tmp: every parent is traversable by others
     try:

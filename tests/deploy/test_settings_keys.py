@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from videotag.service import settings_env
-from videotag.settings import Settings
+from videotag.core.settings import Settings
+from workers.supervisor import settings_env
 
 
 @pytest.mark.parametrize(

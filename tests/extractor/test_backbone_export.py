@@ -11,8 +11,8 @@ from torch import nn
 
 from extractor.backbone import FrameExtractor, export_backbone
 from extractor.preprocess import Preprocess
-from videotag.errors import ManifestError
-from videotag.manifest import read_manifest
+from videotag.core.errors import ManifestError
+from videotag.core.manifest import read_manifest
 
 
 class TinyCNN(nn.Module):

@@ -18,7 +18,7 @@ import videogen
 from videogen import frame_index, make_video
 
 from extractor.decode import SampledDecoder, probe
-from videotag.errors import VideoError
+from videotag.core.errors import VideoError
 
 
 def error_of(path: Path | str) -> VideoError:

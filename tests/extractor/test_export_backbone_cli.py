@@ -11,7 +11,7 @@ import torch
 
 from extractor.backbone import FrameExtractor
 from extractor.backbones.resnet import ResNet
-from videotag.manifest import read_manifest
+from videotag.core.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from extractor.backbones.resnet import ResNet, depth_from_state_dict, read_state_dict, resnet_from_state_dict_file
-from videotag.errors import ModelMismatchError
+from videotag.core.errors import ModelMismatchError
 
 # torchvision's published parameter counts (with the 1000-class fc): a check of the whole layout.
 TORCHVISION_PARAMS = {50: 25_557_032, 101: 44_549_160}

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from extractor.backbone import FrameExtractor
 from extractor.preprocess import Preprocess
 from extractor.sampling import segment_indices
-from predictor.runtime import OnnxPredictor
+from predictor.onnx_predictor import OnnxPredictor
 from tests.reference import numpy_paddle as ref
+from videotag.core.manifest import read_manifest
 from videotag.importers.paddle_videotag import (
     BACKBONE_NAME,
     PaddleWeightsError,
@@ -29,7 +30,6 @@ from videotag.importers.paddle_videotag import (
     resnet_from_paddle,
     tsn_resnet_layout,
 )
-from videotag.manifest import read_manifest
 
 NUM_CLASSES = 3396
 TOL = 1e-4
@@ -130,7 +130,7 @@ def test_tag_end_to_end_matches_reference(bundle: Path, paddle_files, tmp_path) 
     """`tag` with the bundle (2 sampled frames to keep the NumPy ResNet cheap) == VideoTag's chain in NumPy."""
     from tests.videogen import make_video
     from videotag import pipeline
-    from videotag.settings import Settings
+    from videotag.core.settings import Settings
 
     video = make_video(tmp_path / "clip.mp4", frames=11, size=(320, 240))
     settings = Settings(frames=2, topk=20, threshold=None, providers=["CPUExecutionProvider"],

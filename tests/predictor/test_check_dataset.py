@@ -10,8 +10,8 @@ import numpy as np
 from cli_runner import vt
 from PIL import Image
 
-from videotag.store import FeatureRecord, write_shard
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureRecord, write_shard
+from videotag.core.vocab import Vocabulary
 
 D = 8
 

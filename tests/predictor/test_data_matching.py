@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from predictor.data import load_labelled, match_key, read_labels, resolve_labels
 from videotag.cli import _load, app
-from videotag.hashing import sha256_file
-from videotag.store import FeatureRecord, FeatureStore, absolute_source, write_shard
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureRecord, FeatureStore, absolute_source, write_shard
+from videotag.core.hashing import sha256_file
+from videotag.core.vocab import Vocabulary
 
 _load()
 VOCAB = Vocabulary(("cat", "dog", "car"))

@@ -13,9 +13,9 @@ from cli_runner import vt
 from predictor.checkpoint import save_checkpoint
 from predictor.export import export_predictor
 from predictor.models import SequenceModel, create_model
-from predictor.runtime import OnnxPredictor
-from videotag.store import FeatureRecord, write_shard
-from videotag.vocab import Vocabulary
+from predictor.onnx_predictor import OnnxPredictor
+from videotag.core.feature_store import FeatureRecord, write_shard
+from videotag.core.vocab import Vocabulary
 
 D, C = 16, 6
 LSTM = {"embedding_size": 8, "lstm_size": 8, "fc1_size": 16, "fc2_size": 16}

@@ -15,8 +15,8 @@ from PIL import Image
 from predictor.checkpoint import save_checkpoint
 from predictor.metrics import average_precision, per_class_ap
 from predictor.models import create_model
-from videotag.store import FeatureRecord, write_shard
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureRecord, write_shard
+from videotag.core.vocab import Vocabulary
 
 NAMES = ("cat", "dog", "bird", "fish")
 

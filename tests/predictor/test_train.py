@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from predictor.synthetic import SyntheticTask, make_multilabel_task, make_order_task
 from videotag.cli import _load, app
-from videotag.store import FeatureRecord, write_shard
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureRecord, write_shard
+from videotag.core.vocab import Vocabulary
 
 _load()
 RUNNER = CliRunner()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import videogen
 
-from videotag.store import FeatureStore
+from videotag.core.feature_store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,7 +137,7 @@ def test_threshold_and_extract_then_predict(sample_videos, tmp_path, default_wei
 
 
 def test_predict_refuses_features_of_another_backbone(tmp_path, default_weights):
-    from videotag.store import FeatureRecord, write_shard
+    from videotag.core.feature_store import FeatureRecord, write_shard
 
     write_shard(tmp_path / "r.h5", [FeatureRecord("v", np.ones((4, 2048), np.float32), "x.mp4", backbone="resnet50")])
     p = videotag("predict", str(tmp_path / "r.h5"), check=2)

@@ -11,8 +11,8 @@ import videogen
 from cli_runner import vt
 
 from predictor.data import read_labels, resolve_labels
-from videotag.store import FeatureStore
-from videotag.vocab import Vocabulary
+from videotag.core.feature_store import FeatureStore
+from videotag.core.vocab import Vocabulary
 
 CLASSES = ["cat", "dog", "zebra crossing"]
 

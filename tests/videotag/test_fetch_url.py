@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from videotag import netguard, pipeline
-from videotag.errors import VideoError
-from videotag.settings import Settings
+from videotag import pipeline
+from videotag.core import netguard
+from videotag.core.errors import VideoError
+from videotag.core.settings import Settings
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from videotag.manifest import read_manifest, write_manifest
-from videotag.store import FeatureStore
+from videotag.core.feature_store import FeatureStore
+from videotag.core.manifest import read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 from cli_runner import vt
 from tinymodels import tiny_backbone, tiny_predictor
 
-from videotag.manifest import read_manifest
+from videotag.core.manifest import read_manifest
 from videotag.optimize import Gate
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from tests.httpserver import FileServer
 from tests.reference import numpy_paddle as ref
+from videotag.core.vocab import VIDEOTAG_LABELS, Vocabulary
 from videotag.download import DownloadError, download, part_path
-from videotag.vocab import VIDEOTAG_LABELS, Vocabulary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +75,7 @@ def test_shipped_label_files() -> None:
     zh, en = Vocabulary.load(VIDEOTAG_LABELS["zh"]), Vocabulary.load(VIDEOTAG_LABELS["en"])
     shared = REPO.parent / "shared" / "videotag" / "label_3396.txt"
     assert len(zh) == len(en) == 3396
-    from videotag.hashing import sha256_file
+    from videotag.core.hashing import sha256_file
 
     # the file as VideoTag released it (sha256 from ../shared/videotag/README.md)
     assert sha256_file(VIDEOTAG_LABELS["zh"]) == "92507963238ae2f690203e2db1d38686a4beedea2558cc0b7ad25b23eaa21d4d"
@@ -207,7 +207,7 @@ def test_setup_from_a_mirror_then_tag_in_english_and_chinese(release, tmp_path, 
     for d in man["downloads"]:
         local = release["dir"] / d["file"]
         assert d["size"] == local.stat().st_size and d["url"] == f"{srv.url}/{d['file']}"
-        from videotag.hashing import sha256_file
+        from videotag.core.hashing import sha256_file
 
         assert d["sha256"] == sha256_file(local)
 

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from videotag.errors import StoreError
-from videotag.store import FeatureRecord, FeatureStore, ShardWriter, write_shard
+from videotag.core.errors import StoreError
+from videotag.core.feature_store import FeatureRecord, FeatureStore, ShardWriter, write_shard
 
 
 def rec(vid: str, t: int = 6, d: int = 8, source: str | None = None, seed: int = 0) -> FeatureRecord:
@@ -101,7 +101,7 @@ def test_killed_writer_leaves_nothing_visible(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(__import__("pathlib").Path(__file__).resolve().parents[2])!r})
         import numpy as np
-        from videotag.store import FeatureRecord, ShardWriter
+        from videotag.core.feature_store import FeatureRecord, ShardWriter
         w = ShardWriter({str(tmp_path / "crash.h5")!r})
         for i in range(20):
             w.add(FeatureRecord(video_id=f"c{{i}}", features=np.ones((300, 64), np.float32), source="x"))

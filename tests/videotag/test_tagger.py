@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from videotag import Tag, Tagger, VideoResult, VideotagError, pipeline, runtime, settings
-from videotag.settings import Settings
+from videotag import Tag, Tagger, VideoResult, VideotagError, pipeline
+from videotag.core import onnx_sessions, settings
+from videotag.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 8
@@ -48,7 +49,7 @@ def test_package_exports_tagger_lazily() -> None:
     assert videotag.Tagger is Tagger
     assert "Tagger(" in (Tagger.__doc__ or "") and "device" in (Tagger.__doc__ or "")
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, videotag.settings; print('onnxruntime' in sys.modules)"],
+        [sys.executable, "-c", "import sys, videotag.core.settings; print('onnxruntime' in sys.modules)"],
         capture_output=True, text=True, cwd=REPO, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == "False"  # importing settings (API, workers) does not load the runtime
@@ -72,7 +73,7 @@ def test_tag_one(tagger: Tagger, clips: dict[str, Path], tmp_path: Path) -> None
     vt = json.loads(r.save_json(tmp_path / "v.json", format="videotag").read_text(encoding="utf-8"))
     assert vt[0] == r.source and vt[1] == {"class_name": name, "probability": p, "class_id": cid}
     assert name in str(r)
-    assert tagger.device == "cpu" or runtime._gpu_usable()
+    assert tagger.device == "cpu" or onnx_sessions._gpu_usable()
     assert "imagenet_framepool" in repr(tagger)
 
 
@@ -159,11 +160,11 @@ def test_models_load_once(tagger: Tagger, clips: dict[str, Path], default_weight
 
 
 def test_device_setting(default_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert runtime.providers_for("cpu") == ("CPUExecutionProvider",)
-    assert runtime.providers_for("cuda") == ("CUDAExecutionProvider",)
-    assert runtime.providers_for("tensorrt") == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-    assert runtime.providers_for("auto", ["CPUExecutionProvider"]) == ("CPUExecutionProvider",)
-    assert Settings(_env_file=None).onnx_providers == runtime.DEFAULT_PROVIDERS
+    assert onnx_sessions.providers_for("cpu") == ("CPUExecutionProvider",)
+    assert onnx_sessions.providers_for("cuda") == ("CUDAExecutionProvider",)
+    assert onnx_sessions.providers_for("tensorrt") == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    assert onnx_sessions.providers_for("auto", ["CPUExecutionProvider"]) == ("CPUExecutionProvider",)
+    assert Settings(_env_file=None).onnx_providers == onnx_sessions.DEFAULT_PROVIDERS
     cpu = Tagger(frames=FRAMES, weights_dir=default_weights, device="cpu")
     assert cpu.device == "cpu" and cpu.provider == "CPUExecutionProvider"
     with pytest.raises(ValueError, match="gpu"):
@@ -172,21 +173,21 @@ def test_device_setting(default_weights: Path, monkeypatch: pytest.MonkeyPatch) 
     assert Tagger(frames=FRAMES, weights_dir=default_weights).settings.device == "cpu"
 
 
-@pytest.mark.skipif(runtime._gpu_usable(), reason="a GPU is visible here")
+@pytest.mark.skipif(onnx_sessions._gpu_usable(), reason="a GPU is visible here")
 @pytest.mark.parametrize("device", ["cuda", "tensorrt"])
 def test_gpu_device_without_gpu_is_a_clear_error(default_weights: Path, device: str) -> None:
     with pytest.raises(VideotagError, match=rf"device '{device}': .*no NVIDIA GPU is visible.*'auto' or 'cpu'"):
         Tagger(weights_dir=default_weights, device=device)
 
 
-@pytest.mark.skipif(runtime._gpu_usable(), reason="a GPU is visible here")
+@pytest.mark.skipif(onnx_sessions._gpu_usable(), reason="a GPU is visible here")
 def test_cuda_provider_that_cannot_start_is_an_error_not_a_cpu_run(
     default_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pretend a GPU node exists: ONNX Runtime then fails to load its CUDA provider here and would run on the CPU.
-    monkeypatch.setattr(runtime, "_gpu_usable", lambda: True)
+    monkeypatch.setattr(onnx_sessions, "_gpu_usable", lambda: True)
     with pytest.raises(VideotagError, match=r"device 'cuda': CUDAExecutionProvider could not start .*LD_LIBRARY_PATH"):
-        runtime.get_session(default_weights / "imagenet_framepool" / "model.onnx", ("CUDAExecutionProvider",))
+        onnx_sessions.get_session(default_weights / "imagenet_framepool" / "model.onnx", ("CUDAExecutionProvider",))
 
 
 def test_cli_device_option(default_weights: Path, clips: dict[str, Path]) -> None:
@@ -202,7 +203,7 @@ def test_cli_device_option(default_weights: Path, clips: dict[str, Path]) -> Non
     assert bad.exit_code == 2 and "'gpu' is not one of" in " ".join(bad.output.split())
     for cmd in ("tag", "extract", "predict", "serve", "worker"):
         assert "--device" in run(app, [cmd, "--help"]).output, cmd
-    if not runtime._gpu_usable():
+    if not onnx_sessions._gpu_usable():
         err = run(app, ["tag", "--device", "cuda", "--frames", str(FRAMES), str(clips["a"])])
         assert err.exit_code == 2 and "device 'cuda': no NVIDIA GPU is visible" in " ".join(err.output.split())
 
@@ -220,7 +221,8 @@ def test_settings_come_from_args_and_env_not_dotenv(
 
 
 def test_weights_and_labels_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from videotag import defaults, vocab
+    from videotag import defaults
+    from videotag.core import vocab
 
     monkeypatch.delenv("VIDEOTAG_WEIGHTS_DIR", raising=False)
     assert settings.is_source_checkout() and Settings(_env_file=None).weights_dir == REPO / "weights"
@@ -279,9 +281,9 @@ def test_wheel_install_runs_the_readme_example_elsewhere(video_factory, tmp_path
     shutil.copy(video_factory("wheel_a.mp4", codec="h264", frames=12), work / "a.mp4")
     shutil.copy(video_factory("wheel_b.mp4", codec="h264", frames=16), work / "clips" / "b.mp4")
     script = (
-        "import sys, videotag, videotag.vocab, videotag.settings\n"
-        "print('FILE', videotag.__file__); print('LABELS', videotag.vocab.LABELS_DIR)\n"
-        "print('WEIGHTS', videotag.settings.Settings(_env_file=None).weights_dir)\n"
+        "import sys, videotag, videotag.core.vocab, videotag.core.settings\n"
+        "print('FILE', videotag.__file__); print('LABELS', videotag.core.vocab.LABELS_DIR)\n"
+        "print('WEIGHTS', videotag.core.settings.Settings(_env_file=None).weights_dir)\n"
         f"assert all(p == {ours!r} or not p.startswith({str(REPO)!r}) for p in sys.path), sys.path\n"
         + _readme_example()
     )

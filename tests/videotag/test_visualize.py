@@ -16,8 +16,8 @@ from PIL import Image
 
 from extractor.sampling import uniform_indices
 from videotag import visualize
-from videotag.errors import VideotagError
-from videotag.schema import Tag, VideoResult
+from videotag.core.errors import VideotagError
+from videotag.core.results import Tag, VideoResult
 
 REPO = Path(__file__).resolve().parents[2]
 ZH = ["篮球", "扣篮", "体育场", "运动鞋"]

@@ -157,8 +157,8 @@ def service(tmp_path_factory, default_weights):
     weights = make_weights(tmp / "w", default_weights)
     bilingual = weights / "bilingual"  # the default model with a second vocabulary ("fr": "FR <name>")
     shutil.copytree(weights / "imagenet_framepool", bilingual)
-    from videotag.manifest import add_vocabularies
-    from videotag.vocab import Vocabulary
+    from videotag.core.manifest import add_vocabularies
+    from videotag.core.vocab import Vocabulary
 
     en = Vocabulary.load(bilingual / "labels.txt")
     add_vocabularies(bilingual, "en", {"fr": Vocabulary(tuple(f"FR {n}" for n in en.names))}, "en")

@@ -33,8 +33,8 @@ from service_helpers import (
     wait_for,
 )
 
-from videotag.jobs import JobStore
-from videotag.store import FeatureStore
+from videotag.core.feature_store import FeatureStore
+from workers.jobstore import JobStore
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def client(svc):
 
 
 @pytest.fixture(scope="module")
-def store(svc):
+def jobstore(svc):
     st = JobStore.from_url(svc.redis_url)
     yield st
     st.r.close()
@@ -89,7 +89,7 @@ def check_results_dir(batch: dict, sources: list[str]) -> list[dict]:
     return rows
 
 
-def test_batch_of_50_exact_counts(svc, client, store, clips_root, tmp_path):
+def test_batch_of_50_exact_counts(svc, client, jobstore, clips_root, tmp_path):
     clips = make_clips(clips_root / "fifty", 50)
     flist = tmp_path / "list.txt"
     flist.write_text("\n".join(map(str, clips)) + "\n", encoding="utf-8")
@@ -114,24 +114,40 @@ def test_batch_of_50_exact_counts(svc, client, store, clips_root, tmp_path):
     print(f"50-video batch: {elapsed:.1f} s")
 
 
-def test_repredict_uses_stored_features_only(svc, client, store, clips_root):
+def test_submit_a_directory_and_a_commented_filelist(svc, client, clips_root, tmp_path):
+    """`videotag submit DIR` queues each video in DIR (as `tag DIR` tags them); filelist comments are skipped."""
+    from videotag.inputs import expand_inputs
+
+    d = clips_root / "submit_dir"
+    clips = make_clips(d / "sub", 2, prefix="sd", frames=8) + make_clips(d, 1, prefix="top", frames=8)
+    (d / "notes.txt").write_text("not a video", encoding="utf-8")
+    flist = tmp_path / "list.txt"
+    flist.write_text(f"# header\n\n{clips[0]}\n   # indented comment\n", encoding="utf-8")
+    batch_id = videotag_cli("submit", str(d), "--filelist", str(flist), data_dir=svc.data_dir).stdout.strip()
+    batch = wait_batch(client, batch_id)
+    want = expand_inputs([str(d)]) + [str(clips[0])]
+    assert len(want) == 4 and (batch["total"], batch["done"]) == (4, 4), batch
+    assert [it["source"] for it in all_results(client, batch_id)] == want
+
+
+def test_repredict_uses_stored_features_only(svc, client, jobstore, clips_root):
     clips = make_clips(clips_root / "fifty", 50)[:12]
     r = client.post("/v1/batches", json={"paths": [str(c) for c in clips] + [str(clips_root / "gone.mp4")]})
     parent = wait_batch(client, r.json()["batch_id"])
-    extracts_before = store.metrics().get("extract:count", 0)
+    extracts_before = jobstore.metrics().get("extract:count", 0)
     r = client.post(f"/v1/batches/{parent['batch_id']}/repredict", json={"model": SECOND_MODEL, "topk": 3})
     assert r.status_code == 202, r.text
     child = wait_batch(client, r.json()["batch_id"])
     assert (child["kind"], child["parent"], child["total"], child["done"], child["failed"]) == (
         "repredict", parent["batch_id"], 13, 12, 1)  # fmt: skip
-    assert store.metrics().get("extract:count", 0) == extracts_before  # no decoding, no stage 1 at all
+    assert jobstore.metrics().get("extract:count", 0) == extracts_before  # no decoding, no stage 1 at all
     items = all_results(client, child["batch_id"])
     names = {"red", "green", "blue", "white", "black", "grid", "noise"}
     for it in items[:12]:
         res = it["result"]
         assert res["model"] == SECOND_MODEL and len(res["tags"]) == 3
         assert {t["class_name"] for t in res["tags"]} <= names
-        job = store.get(it["job_id"])
+        job = jobstore.get(it["job_id"])
         assert job.extract_started is None and job.input == "features"
     assert items[12]["status"] == "failed" and items[12]["error"]["code"] == "missing"
     assert "no stored features" in items[12]["error"]["reason"]
@@ -169,21 +185,21 @@ def test_bad_videos_get_per_item_errors(svc, client, clips_root):
     assert {r["error"]["code"] for r in rows if not r["ok"]} >= set(bad)
 
 
-def test_duplicate_messages_record_one_result(svc, client, store, clips_root):
+def test_duplicate_messages_record_one_result(svc, client, jobstore, clips_root):
     """The same job's messages delivered three times: one result, one feature shard, counts of one."""
-    from workers.tasks import enqueue
+    from workers.celery_app import enqueue
 
     use_broker(svc.redis_url)
     (clip,) = make_clips(clips_root / "dup", 1, prefix="dup", frames=30)
-    batch_id, (job_id,) = store.create_batch([str(clip)], "path", model="imagenet_framepool")
+    batch_id, (job_id,) = jobstore.create_batch([str(clip)], "path", model="imagenet_framepool")
     enqueue([(job_id, "extract", None)] * 3)
     batch = wait_batch(client, batch_id)
-    wait_for(lambda: store.get(job_id).attempts >= 2, 30, "the duplicate deliveries to run")
+    wait_for(lambda: jobstore.get(job_id).attempts >= 2, 30, "the duplicate deliveries to run")
     time.sleep(1.0)  # let any straggling duplicate finish: it must not change anything
     batch = client.get(f"/v1/batches/{batch_id}").json()
     assert (batch["total"], batch["done"], batch["failed"]) == (1, 1, 0)
     check_results_dir(batch, [str(clip)])
-    job = store.get(job_id)
+    job = jobstore.get(job_id)
     with FeatureStore(job.location["path"]) as fs:
         assert fs.ids() == [job.video_id] and fs.get(job.video_id).num_frames == 8
 
@@ -199,11 +215,11 @@ def _slow_clips(d: Path, n: int) -> list[Path]:
     return out
 
 
-def _kill_mid_task(svc, store, job_ids: list[str], kill) -> str:
+def _kill_mid_task(svc, jobstore, job_ids: list[str], kill) -> str:
     """Wait until some job is being extracted, then kill; returns that job's id."""
 
     def running():
-        for j in store.get_many(job_ids):
+        for j in jobstore.get_many(job_ids):
             if j is not None and j.status == "extracting":
                 return j.id
         return None
@@ -213,30 +229,30 @@ def _kill_mid_task(svc, store, job_ids: list[str], kill) -> str:
     return victim  # type: ignore[return-value]
 
 
-def _check_exactly_once(client, store, batch_id: str, sources: list[str], victim: str) -> None:
+def _check_exactly_once(client, jobstore, batch_id: str, sources: list[str], victim: str) -> None:
     batch = wait_batch(client, batch_id, timeout=300)
     assert (batch["total"], batch["done"], batch["failed"]) == (len(sources), len(sources), 0)
     check_results_dir(batch, sources)
     items = all_results(client, batch_id)
     assert len({it["result"]["video_id"] for it in items}) == len(sources)
-    job = store.get(victim)
+    job = jobstore.get(victim)
     assert job.status == "done" and job.attempts >= 3  # extract ran again after the kill, then predict
 
 
-def test_sigkill_pool_process_mid_batch(svc, client, store, clips_root):
+def test_sigkill_pool_process_mid_batch(svc, client, jobstore, clips_root):
     clips = _slow_clips(clips_root / "kill_pool", 6)
     r = client.post("/v1/batches", json={"paths": [str(c) for c in clips]})
     batch_id = r.json()["batch_id"]
     main_pid = svc.child("extract-worker").proc.pid
     (pool_pid,) = children_of(main_pid)
 
-    victim = _kill_mid_task(svc, store, store.batch_items(batch_id), lambda: os.kill(pool_pid, signal.SIGKILL))
-    _check_exactly_once(client, store, batch_id, [str(c) for c in clips], victim)
+    victim = _kill_mid_task(svc, jobstore, jobstore.batch_items(batch_id), lambda: os.kill(pool_pid, signal.SIGKILL))
+    _check_exactly_once(client, jobstore, batch_id, [str(c) for c in clips], victim)
     assert svc.child("extract-worker").proc.poll() is None  # the worker itself lived on…
     assert children_of(main_pid) and children_of(main_pid) != [pool_pid]  # …with a new pool process
 
 
-def test_sigkill_worker_main_process_mid_batch(svc, client, store, clips_root):
+def test_sigkill_worker_main_process_mid_batch(svc, client, jobstore, clips_root):
     """The whole extract worker dies; the supervisor restarts it and requeues the message it held."""
     clips = _slow_clips(clips_root / "kill_main", 5)
     r = client.post("/v1/batches", json={"paths": [str(c) for c in clips]})
@@ -247,9 +263,9 @@ def test_sigkill_worker_main_process_mid_batch(svc, client, store, clips_root):
         os.killpg(proc.pid, signal.SIGKILL)  # the worker and its pool process
         proc.wait()
 
-    victim = _kill_mid_task(svc, store, store.batch_items(batch_id), kill)
+    victim = _kill_mid_task(svc, jobstore, jobstore.batch_items(batch_id), kill)
     assert svc.poll() == ["extract-worker"]
-    _check_exactly_once(client, store, batch_id, [str(c) for c in clips], victim)
+    _check_exactly_once(client, jobstore, batch_id, [str(c) for c in clips], victim)
 
 
 def test_full_restart_resumes_batch(tmp_path, weights, clips_root):

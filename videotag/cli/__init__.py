@@ -10,7 +10,7 @@ from videotag.cli.app import app
 _COMMAND_MODULES = [
     "videotag.cli.core",  # setup, tag, extract, predict
     "videotag.cli.stage2",  # train, evaluate, export, check-dataset, ensemble
-    "videotag.cli.service",  # serve, worker, submit, status
+    "videotag.cli.service_commands",  # serve, worker, submit, status
     "videotag.cli.import_videotag",  # import-videotag
     "videotag.cli.dataset",  # dataset
     "videotag.cli.optimize",  # optimize
@@ -18,11 +18,13 @@ _COMMAND_MODULES = [
 
 
 def _load() -> None:
+    """Import every command module so its commands register on `app`."""
     for name in _COMMAND_MODULES:
         importlib.import_module(name)
 
 
 def main() -> None:
+    """The `videotag` console script: register the commands, run typer."""
     _load()
     app()
 

@@ -18,6 +18,7 @@ app = typer.Typer(
 
 
 def _version(value: bool) -> None:
+    """`--version`: print it and stop."""
     if value:
         from videotag import __version__
 

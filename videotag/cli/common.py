@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from videotag.errors import VideotagError
-from videotag.settings import Device, Settings
+from videotag.core.errors import VideotagError
+from videotag.core.settings import Device, Settings
 
 console = Console(stderr=True)
 out = Console()
@@ -32,6 +32,7 @@ Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: i
 
 
 def setup_logging(verbose: int = 0) -> None:
+    """Log level from the -v count (none: warnings, -v: info, -vv: debug), printed through the shared console."""
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True
@@ -57,6 +58,7 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 def fail(message: str, code: int = 2) -> None:
+    """Print one red error line and exit with `code` (2: bad usage or input)."""
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however long
     raise typer.Exit(code)
 

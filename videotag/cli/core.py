@@ -18,8 +18,9 @@ from videotag import pipeline
 from videotag.catalog import AVAILABLE
 from videotag.cli.app import app
 from videotag.cli.common import DeviceOpt, Verbose, console, fail, guard, make_settings, out, setup_logging
-from videotag.schema import VideoResult
-from videotag.settings import Settings
+from videotag.core.results import VideoResult
+from videotag.core.settings import Settings
+from videotag.inputs import expand_inputs, read_filelist
 
 Lang = Annotated[
     str | None,
@@ -186,6 +187,7 @@ def short_name(source: str, width: int = 22) -> str:
 
 
 def _print_result(res: VideoResult, show: int | None) -> None:
+    """One video's result (its top tags, or its error) printed above the live bar."""
     # Printed through the bar's console: rich draws results above the live bar and redraws it once below, so
     # no stale copies of the bar are left in the scrollback (results on stdout when it is not the terminal).
     con = console if console.is_terminal and out.is_terminal else out
@@ -264,6 +266,7 @@ def _run(
     show: int | None,
     as_json: bool,
 ) -> int:
+    """Tag or extract `sources` in this process and report them (the body of `tag` and `extract`)."""
     if not sources:
         fail("no input videos (give files, directories, URLs or --filelist)")
     results = pipeline.tag_sources(sources, settings, model, features_out=features, predict=predict)
@@ -344,7 +347,7 @@ def tag(
         device=device,
     )
     _ensure_defaults(settings, model)
-    sources = pipeline.expand_inputs(inputs or [], filelist)
+    sources = expand_inputs(inputs or [], filelist)
     if visualize is None:
         raise typer.Exit(_run(sources, settings, model, out_dir, features, True, show, as_json))
     if not sources:
@@ -389,7 +392,7 @@ def extract(
     setup_logging(verbose)
     settings = make_settings(frames=frames, batch_size=batch_size, sampling=sampling, device=device)
     _ensure_defaults(settings, model)
-    sources = pipeline.expand_inputs(inputs or [], filelist)
+    sources = expand_inputs(inputs or [], filelist)
     raise typer.Exit(_run(sources, settings, model, None, out_path, False, 0, False))
 
 
@@ -416,7 +419,7 @@ def predict(
     setup_logging(verbose)
     settings = make_settings(topk=topk, threshold=threshold, lang=lang, device=device)
     _ensure_defaults(settings, model)
-    wanted = pipeline.read_filelist(ids) if ids else None
+    wanted = read_filelist(ids) if ids else None
     results = pipeline.predict_store(stores, settings, model, wanted)
     raise typer.Exit(_report(results, len(wanted or []), "predicting", out_dir, show, as_json))
 
@@ -443,7 +446,7 @@ def export_backbone_cmd(
     setup_logging(max(verbose, 1))
     from extractor.backbone import export_backbone
     from extractor.preprocess import Preprocess
-    from videotag.hashing import sha256_file
+    from videotag.core.hashing import sha256_file
 
     if arch == "efficientnet_lite0":
         from extractor.backbones import efficientnet_lite0 as eff

@@ -12,8 +12,8 @@ from rich.table import Table
 from videotag.cli.app import app
 from videotag.cli.common import Verbose, console, guard, make_settings, out, setup_logging
 from videotag.cli.core import BatchSize, Frames, Sampling, _ensure_defaults, _progress
-from videotag.schema import VideoResult
-from videotag.settings import Settings
+from videotag.core.results import VideoResult
+from videotag.core.settings import Settings
 
 if TYPE_CHECKING:
     from videotag.datasets import DatasetPaths

@@ -112,15 +112,15 @@ def optimize_cmd(
     `videotag tag --model videotag-int8 VIDEO`. Agreement (feature cosine, top-k overlap, max probability
     difference) is measured on held-back clips and recorded in the manifest; below the gate nothing is written.
     """
-    from videotag import pipeline
+    from videotag.inputs import expand_inputs
     from videotag.optimize import Gate, GateRefused, optimize_model
 
     setup_logging(verbose)
     if int8 == fp16:
         fail("choose one of --int8 (CPU) or --fp16 (CUDA/TensorRT)")
     settings = make_settings(device=device)
-    sources = pipeline.expand_inputs(list(calibrate or []) + list(clips or []))
-    held = pipeline.expand_inputs(holdout or []) if holdout else None
+    sources = expand_inputs(list(calibrate or []) + list(clips or []))
+    held = expand_inputs(holdout or []) if holdout else None
     if not sources:
         fail("no calibration clips: give some with --calibrate FILES_OR_DIRS")
     excl: str | list[str] = exclude if exclude in ("auto", "none") else [x.strip() for x in exclude.split(",") if x]

@@ -201,10 +201,11 @@ def train_cmd(
 
 
 def _resolve_model(name_or_path: str) -> Path:
+    """An existing directory as given, else a model name resolved under the weights directory."""
     p = Path(name_or_path).expanduser()
     if p.exists():
         return p
-    from videotag.settings import get_settings
+    from videotag.core.settings import get_settings
 
     return get_settings().resolve_model_dir(name_or_path)
 
@@ -345,7 +346,7 @@ def ensemble_cmd(
     d = build_ensemble(paths, out, w, tune=tune, tune_step=tune_step)
     typer.echo(f"ensemble of {len(members)} -> {d}")
     if tune:
-        from videotag.manifest import read_manifest
+        from videotag.core.manifest import read_manifest
 
         t = read_manifest(d, kind="predictor")["fusion_tuning"]
         typer.echo(

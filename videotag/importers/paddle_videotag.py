@@ -27,9 +27,9 @@ import torch
 
 from extractor.backbones.resnet import ResNet, mismatch_report
 from predictor.models.attention_lstm import LSTM_IMPLS, AttentionLSTM
-from videotag.errors import ModelMismatchError
-from videotag.hashing import sha256_file
-from videotag.vocab import VIDEOTAG_LABELS, Vocabulary
+from videotag.core.errors import ModelMismatchError
+from videotag.core.hashing import sha256_file
+from videotag.core.vocab import VIDEOTAG_LABELS, Vocabulary
 
 BACKBONE_NAME = "videotag_tsn_resnet101"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -357,7 +357,7 @@ def import_videotag(
     from extractor.backbone import export_backbone
     from extractor.preprocess import Preprocess
     from predictor.export import export_predictor
-    from videotag.manifest import add_vocabularies, publish_dir, read_manifest
+    from videotag.core.manifest import add_vocabularies, publish_dir, read_manifest
 
     tsn, lstm, labels, out = Path(tsn), Path(lstm), Path(labels), Path(out)
     if lstm_impl not in LSTM_IMPLS:

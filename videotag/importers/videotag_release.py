@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from videotag.core.hashing import sha256_file
+from videotag.core.vocab import VIDEOTAG_LABELS
 from videotag.download import DownloadError, Progress, download
-from videotag.hashing import sha256_file
 from videotag.importers.paddle_videotag import ImportReport, PaddleWeightsError, import_videotag
-from videotag.vocab import VIDEOTAG_LABELS
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ Published shards are immutable. `FeatureStore` reads many shards; looking up by 
 only the small `/index` datasets of each shard once. `SourceIndex` matches a path to a recorded source as
 given, normalised (`./`, `..`, duplicate slashes), as the absolute path recorded at extraction and, on demand,
 through symlinks (realpath).
+
+Video ids are the first `ID_LENGTH` hex digits of the file's content sha256 (same bytes -> same id); the
+per-video layout of a features directory is `DIR/<backbone>/<video_id>.h5` (`shard_path`).
 """
 
 from __future__ import annotations
@@ -35,12 +38,24 @@ from typing import Any
 import h5py
 import numpy as np
 
-from videotag.errors import StoreError
-from videotag.manifest import now_iso
+from videotag.core.errors import StoreError
+from videotag.core.hashing import sha256_file
+from videotag.core.manifest import now_iso
 
 FORMAT = "videotag.features"
 FORMAT_VERSION = 1
+ID_LENGTH = 32  # hex chars of the content sha256 used as the video id
 _STR = h5py.string_dtype("utf-8")
+
+
+def video_id_for(path: str | Path) -> str:
+    """Content-based id: the first 32 hex chars of the file's sha256 (same bytes -> same id)."""
+    return sha256_file(path)[:ID_LENGTH]
+
+
+def shard_path(features_dir: str | Path, backbone: str, video_id: str) -> Path:
+    """Where a features directory keeps one video's shard: `features_dir/<backbone>/<video_id>.h5`."""
+    return Path(features_dir) / backbone / f"{video_id}.h5"
 
 
 @dataclass
@@ -255,6 +270,7 @@ class ShardWriter:
 
 
 def write_shard(path: str | Path, records: Iterable[FeatureRecord], on_exists: str = "error") -> Path:
+    """Write `records` into one new shard, published atomically (see ShardWriter)."""
     with ShardWriter(path, on_exists=on_exists) as w:
         for r in records:
             w.add(r)

@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from videotag.errors import ManifestError
-from videotag.hashing import sha256_file
+from videotag.core.errors import ManifestError
+from videotag.core.hashing import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.onnx"
@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 
 
 def now_iso() -> str:
+    """The current UTC time as ISO 8601 (seconds), as manifests and stores record it."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

@@ -5,13 +5,16 @@ Keys (prefix `vt:`):
     vt:notify:<job_id>       list  one element pushed when the job ends (BLPOP by a waiting API request)
     vt:batch:<batch_id>      hash  total, done, failed, status, model, results_dir, …
     vt:batch:<batch_id>:items list job ids in submission order
-    vt:jobs:active           set   job ids not yet done/failed (what a restart re-enqueues)
+    vt:jobs:active           set   job ids not yet done/failed (what `workers.submit.resume` re-enqueues)
     vt:batches:active        set   batch ids not yet complete
     vt:metrics               hash  task counters and duration histograms (read by the API's /metrics)
 
 Job status: queued -> extracting -> extracted -> predicting -> done | failed. `done`/`failed` are terminal and
 written exactly once by a Lua script (`record`): a second run of a task (redelivery after a worker died,
 a resumed batch) finds the job terminal and changes nothing, so no result is ever counted twice.
+
+Only the records live here: broker messages (queues, publishing, unacked deliveries) are `workers.celery_app`'s,
+and creating + enqueueing work is `workers.submit`'s.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from videotag.schema import VideoResult
+from videotag.core.results import VideoResult
 
 P = "vt:"
 TERMINAL = ("done", "failed")
@@ -34,7 +37,6 @@ ACTIVE_BATCHES = P + "batches:active"
 METRICS = P + "metrics"
 # Task duration histogram buckets (seconds), shared by the recorder (workers) and the exporter (API).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
-QUEUES = ("extract", "predict")
 _CHUNK = 1000  # ids per Redis pipeline round-trip for bulk operations
 BLOCK_S = 2.0  # longest single blocking call (BLPOP); well under the client's socket timeout
 
@@ -74,15 +76,23 @@ return 1
 
 
 def new_id(prefix: str) -> str:
+    """A fresh job (`j…`) or batch (`b…`) id."""
     return f"{prefix}{uuid.uuid4().hex[:20]}"
 
 
 def job_key(job_id: str) -> str:
+    """The hash holding one job's record."""
     return f"{P}job:{job_id}"
 
 
 def batch_key(batch_id: str) -> str:
+    """The hash holding one batch's record (its item ids: `<key>:items`)."""
     return f"{P}batch:{batch_id}"
+
+
+def notify_key(job_id: str) -> str:
+    """The list a job's end is pushed to (BLPOP it to wait for the job)."""
+    return f"{P}notify:{job_id}"
 
 
 def _loads(s: str | None) -> Any:
@@ -389,7 +399,7 @@ class JobStore:
         status = "done" if result is not None else "failed"
         return int(
             self._record(
-                keys=[job_key(job_id), f"{P}notify:{job_id}", batch_key(batch_id) if batch_id else "",
+                keys=[job_key(job_id), notify_key(job_id), batch_key(batch_id) if batch_id else "",
                       ACTIVE_JOBS, ACTIVE_BATCHES],
                 args=[status, result.model_dump_json() if result is not None else "", _dumps(error),
                       repr(time.time()), _dumps(timings or {}), job_id, batch_id],
@@ -404,7 +414,7 @@ class JobStore:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             # short BLPOPs: redis-py's client read timeout (5 s by default) would cut a longer one
-            if self.r.blpop([f"{P}notify:{job_id}"], timeout=min(left, BLOCK_S)):
+            if self.r.blpop([notify_key(job_id)], timeout=min(left, BLOCK_S)):
                 break
             job = self.get(job_id)
             if job is None or job.terminal:
@@ -437,88 +447,13 @@ class JobStore:
     def metrics(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.r.hgetall(METRICS).items()}
 
-    def queue_depths(self) -> dict[str, int]:
-        with self.r.pipeline(transaction=False) as p:
-            for q in QUEUES:
-                p.llen(q)
-            return dict(zip(QUEUES, (int(n) for n in p.execute()), strict=True))
+    def active_job_ids(self) -> list[str]:
+        """Ids of jobs not yet done/failed, sorted (what a restart must make sure have a message)."""
+        return sorted(self.r.smembers(ACTIVE_JOBS))
+
+    def forget_active(self, job_id: str) -> None:
+        """Drop a terminal job from the active set (it was left there by a crash between two writes)."""
+        self.r.srem(ACTIVE_JOBS, job_id)
 
     def counts(self) -> dict[str, int]:
         return {"active_jobs": int(self.r.scard(ACTIVE_JOBS)), "active_batches": int(self.r.scard(ACTIVE_BATCHES))}
-
-    # ---- restart --------------------------------------------------------------------------------
-    def queued_job_ids(self, include_unacked: bool = True) -> set[str]:
-        """Job ids that have a message in a broker queue (or, optionally, delivered but not yet acked).
-
-        Our task ids are `<job_id>/<stage>/<nonce>`, and kombu keeps each message as JSON with the task id in
-        `headers.id`, so reading the lists tells which jobs need no new message.
-        """
-        ids: set[str] = set()
-
-        def take(payload: Any) -> None:
-            try:
-                tid = payload["headers"]["id"]
-            except (KeyError, TypeError):
-                return
-            if isinstance(tid, str) and "/" in tid:
-                ids.add(tid.split("/", 1)[0])
-
-        for name in QUEUES:
-            for q in [name] + [f"{name}\x06\x16{pri}" for pri in (3, 6, 9)]:  # kombu's priority sub-queues
-                for start in range(0, int(self.r.llen(q)), 10_000):
-                    for raw in self.r.lrange(q, start, start + 9_999):
-                        try:
-                            take(json.loads(raw))
-                        except ValueError:
-                            continue
-        if include_unacked:
-            for raw in self.r.hvals("unacked"):
-                try:
-                    take(json.loads(raw)[0])
-                except (ValueError, IndexError, TypeError):
-                    continue
-        return ids
-
-    def resume(
-        self, enqueue: Callable[[list[tuple[str, str, dict | None]]], None], include_unacked: bool = True
-    ) -> dict[str, int]:
-        """Re-enqueue every unfinished job that has no message in the broker (after a restart).
-
-        A job with its features already stored goes straight to `predict`; others restart at `extract`.
-        `enqueue` takes [(job_id, stage, location)]. Returns counts. Safe to run twice: a duplicate message
-        only repeats idempotent work and cannot record a second result.
-        """
-        if not self.claim("resume", ttl_s=300):
-            return {"skipped": 1}
-        try:
-            active = sorted(self.r.smembers(ACTIVE_JOBS))
-            pending = self.queued_job_ids(include_unacked=include_unacked)
-            todo: list[tuple[str, str, dict | None]] = []
-            stale = 0
-            for job in self.get_many([j for j in active if j not in pending]):
-                if job is None:
-                    stale += 1
-                    continue
-                if job.terminal:
-                    self.r.srem(ACTIVE_JOBS, job.id)
-                    continue
-                if job.location and (job.stages == "predict" or job.status in ("extracted", "predicting")):
-                    todo.append((job.id, "predict", job.location))
-                else:
-                    todo.append((job.id, "extract", None))
-            for start in range(0, len(todo), _CHUNK):
-                enqueue(todo[start : start + _CHUNK])
-            return {"active": len(active), "in_queue": len(pending), "requeued": len(todo), "stale": stale}
-        finally:
-            self.release("resume")
-
-
-def chunks(seq: Iterable[Any], n: int) -> Iterable[list[Any]]:
-    buf: list[Any] = []
-    for x in seq:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf

@@ -20,11 +20,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videotag.redis_server import EmbeddedRedis, _die_with_parent
-from videotag.settings import Settings
+from videotag.core.settings import Settings
+from workers.celery_app import SERVICE_FILE, restore_unacked
+from workers.redis_server import EmbeddedRedis, _die_with_parent
 
 log = logging.getLogger(__name__)
-SERVICE_FILE = "service.json"
 
 
 def settings_env(settings: Settings) -> dict[str, str | None]:
@@ -102,8 +102,6 @@ class Service:
         if not self.redis_url:
             self.redis = EmbeddedRedis(self.data_dir / "redis", port=self.redis_port)
             self.redis_url = self.redis.start()
-            from workers.celery_app import restore_unacked
-
             n = restore_unacked(self.redis_url)  # we own every worker: deliveries still unacked are orphans
             if n:
                 log.warning("requeued %d message(s) taken by workers of the previous run that never finished", n)
@@ -153,8 +151,6 @@ class Service:
             log.warning("%s exited with %s; restarting (log: %s)", c.name, c.proc.returncode,
                         self.log_dir / f"{c.name}.log")  # fmt: skip
             if c.queue and self.redis is not None:  # its taken-but-unacked messages have no other owner
-                from workers.celery_app import restore_unacked
-
                 restore_unacked(self.redis_url or "", (c.queue,))
             c.restarts.append(now)
             self._spawn(c)

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from videotag.hashing import sha256_bytes
+from videotag.core.hashing import sha256_bytes
 
 
 def _labels_dir() -> Path:
     """The shipped vocabularies: the checkout's `labels/` (source, editable install), else the copy a wheel
     installs as package data (`videotag/_labels/`, mapped from `labels/` in setup.py)."""
-    checkout = Path(__file__).resolve().parent.parent / "labels"
+    checkout = Path(__file__).resolve().parents[2] / "labels"
     if (checkout / "imagenet1k.txt").is_file():
         return checkout
-    return Path(__file__).resolve().parent / "_labels"
+    return Path(__file__).resolve().parents[1] / "_labels"
 
 
 LABELS_DIR = _labels_dir()

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from videotag.errors import ModelMismatchError
-from videotag.manifest import read_manifest
-from videotag.runtime import get_session
-from videotag.vocab import Vocabulary
+from videotag.core.errors import ModelMismatchError
+from videotag.core.manifest import read_manifest
+from videotag.core.onnx_sessions import get_session
+from videotag.core.vocab import Vocabulary
 
 
 class OnnxPredictor:

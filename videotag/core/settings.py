@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 
 try:  # the environment's text reaches the field's validator undecoded (JSON list or comma-separated)
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     @property
     def onnx_providers(self) -> tuple[str, ...]:
         """The ONNX Runtime providers `device` (or, for auto, `providers`) asks for, in order."""
-        from videotag.runtime import providers_for
+        from videotag.core.onnx_sessions import providers_for
 
         return providers_for(self.device, self.providers)
 
@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         for c in candidates:
             if c.is_dir():
                 return c
-        from videotag.errors import ManifestError
+        from videotag.core.errors import ManifestError
 
         have = sorted(x.name for x in self.weights_dir.iterdir() if x.is_dir()) if self.weights_dir.is_dir() else []
         raise ManifestError(
@@ -182,4 +182,5 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
+    """This process's Settings (environment + .env), built once; `cache_clear()` to re-read."""
     return Settings()

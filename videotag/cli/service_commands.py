@@ -12,7 +12,7 @@ import typer
 
 from videotag.cli.app import app
 from videotag.cli.common import DeviceOpt, Verbose, console, fail, guard, make_settings, out, setup_logging
-from videotag.settings import Settings, get_settings
+from videotag.core.settings import Settings, get_settings
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Features, results, uploads, embedded Redis (settings.data_dir).")
@@ -55,7 +55,7 @@ def serve(
     """Run the whole service: embedded Redis (unless VIDEOTAG_REDIS_URL is set), API, extract + predict workers."""
     setup_logging(max(verbose, 1))
     from videotag.cli.core import _ensure_defaults
-    from videotag.service import Service
+    from workers.supervisor import Service
 
     settings = make_settings(data_dir=data_dir, device=device)  # the workers get it as VIDEOTAG_DEVICE
     _ensure_defaults(settings, None)
@@ -96,25 +96,15 @@ def worker(
     worker_main(argv + (["--events"] if events else []))
 
 
-def _read_sources(inputs: list[str], filelist: Path | None) -> list[str]:
-    """One path (or URL) per line, blank lines skipped (VideoTag's filelist); relative paths made absolute."""
-    items = list(inputs)
-    if filelist is not None:
-        try:
-            text = filelist.read_text(encoding="utf-8-sig")
-        except OSError as e:
-            fail(f"cannot read filelist {filelist}: {e.strerror or e}")
-        except UnicodeDecodeError as e:
-            fail(f"filelist {filelist} is not UTF-8 text ({e})")
-        items += [ln.rstrip("\r\n") for ln in text.splitlines() if ln.strip()]
-    return [s if s.startswith(("http://", "https://")) else str(Path(s).expanduser().absolute()) for s in items]
-
-
 @app.command()
 @guard
 def submit(
-    inputs: Annotated[list[str] | None, typer.Argument(help="Videos or URLs (in addition to --filelist).")] = None,
-    filelist: Annotated[Path | None, typer.Option("--filelist", "-f", help="One video path per line.")] = None,
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="Videos, directories (each video in them) or URLs, as for `tag`.")
+    ] = None,
+    filelist: Annotated[
+        Path | None, typer.Option("--filelist", "-f", help="One video path per line (# comments, blank lines ok).")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Predictor (default: settings.model).")] = None,
     topk: Annotated[int | None, typer.Option(help="Tags per video.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Drop tags below this probability.")] = None,
@@ -126,36 +116,36 @@ def submit(
 ) -> None:
     """Enqueue a batch on the configured Redis; prints the batch id (follow it with `videotag status ID`)."""
     settings = make_settings(data_dir=data_dir)
-    sources = _read_sources(inputs or [], filelist)
-    if not sources:
-        fail("nothing to submit: give videos and/or --filelist")
-    url = _connect(settings)
     from videotag.catalog import require_language
-    from videotag.jobs import JobStore
-    from workers.tasks import enqueue
+    from workers.jobstore import JobStore
+    from workers.submit import NothingToSubmit, absolute_paths, batch_sources, submit_batch
 
+    try:  # the workers may run elsewhere: local paths made absolute before and after directories are listed
+        sources = batch_sources(inputs or [], filelist, check=absolute_paths)
+    except NothingToSubmit:
+        fail("nothing to submit: give videos, directories with videos and/or --filelist")
+    url = _connect(settings)
     model = model or settings.model
     if lang:
         require_language(settings.resolve_model_dir(model), lang)
-    store = JobStore.from_url(url)
-    batch_id, job_ids = store.create_batch(sources, "path", model=model, topk=topk, threshold=threshold,
-                                           lang=lang)  # fmt: skip
-    enqueue([(j, "extract", None) for j in job_ids])
+    jobstore = JobStore.from_url(url)
+    batch_id, job_ids = submit_batch(jobstore, sources, model=model, topk=topk, threshold=threshold, lang=lang)
     out.print(batch_id, highlight=False)
     console.print(f"queued {len(job_ids)} video(s)")
     if wait:
-        _follow(store, batch_id)
+        _follow(jobstore, batch_id)
 
 
-def _follow(store, batch_id: str) -> dict:
+def _follow(jobstore, batch_id: str) -> dict:
+    """A live progress bar of a batch until it is complete and its results are written; its final record."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    info = store.batch(batch_id)
+    info = jobstore.batch(batch_id)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[failed]} failed"), console=console) as bar:  # fmt: skip
         task = bar.add_task(batch_id, total=info["total"], failed=0)
         while True:
-            info = store.batch(batch_id)
+            info = jobstore.batch(batch_id)
             bar.update(task, completed=info["done"] + info["failed"], failed=info["failed"])
             if info["status"] == "complete" and info["results_dir"]:
                 break
@@ -174,12 +164,12 @@ def status(
     """Progress of a batch (total, done, failed, results directory) or the state of one job."""
     settings = make_settings(data_dir=data_dir)
     url = _connect(settings)
-    from videotag.jobs import JobStore
+    from workers.jobstore import JobStore
 
-    store = JobStore.from_url(url)
-    info = store.batch(id)
+    jobstore = JobStore.from_url(url)
+    info = jobstore.batch(id)
     if info is None:
-        job = store.get(id)
+        job = jobstore.get(id)
         if job is None:
             fail(f"no batch or job {id!r} in {url}")
         if as_json:
@@ -193,12 +183,12 @@ def status(
         out.print(line, highlight=False)
         return
     if watch and info["status"] != "complete":
-        info = _follow(store, id)
+        info = _follow(jobstore, id)
     if info["status"] == "complete" and not info["results_dir"]:
         from workers.tasks import finalize_batch
 
         finalize_batch(id)  # complete but not yet written (e.g. the writer crashed): write now
-        info = store.batch(id)
+        info = jobstore.batch(id)
     if as_json:
         out.print_json(json.dumps(info))
         return

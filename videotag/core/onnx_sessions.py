@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from videotag.errors import VideotagError
+from videotag.core.errors import VideotagError
 
 log = logging.getLogger(__name__)
 _SESSIONS: dict[tuple, ort.InferenceSession] = {}
