@@ -447,7 +447,7 @@ class SampledDecoder:
             pts = np.sort(pts)
         if last_duration <= 0:
             last_duration = float(np.median(np.diff(pts))) if n > 1 else 1.0 / (info.fps or 25.0)
-        header_duration = info.duration
+        header_duration, header_fps = info.duration, info.fps
         duration = float(pts[-1] + last_duration - pts[0])
         info.decoded_frames = n
         info.duration = duration
@@ -464,9 +464,18 @@ class SampledDecoder:
             )
         if reader.corrupt_frames:
             self._warn(f"{reader.corrupt_frames} decoded frame(s) flagged corrupt by the decoder")
-        if info.header_frames and info.header_frames != n:
+        # Frames the header promised: its frame count, else its duration x frame rate. Far fewer decoded (a file
+        # cut short with its index at the front decodes without a read error) -> say the file looks truncated.
+        promised, basis = info.header_frames, "the header promised"
+        if not promised and header_duration > 0 and header_fps > 0:
+            promised = round(header_duration * header_fps)
+            basis = f"the header's duration and frame rate promised ({header_duration:.2f} s x {header_fps:g} fps)"
+        short = promised > 0 and n < 0.9 * promised - 2
+        if short:
+            self._warn(f"decoded {n} of {promised} frames {basis}: the file looks truncated")
+        elif info.header_frames and info.header_frames != n:
             self._warn(f"header claims {info.header_frames} frames, decoding found {n}")
-        if header_duration > 0 and duration < 0.9 * header_duration - 2.0 / max(info.fps, 1.0):
+        if not short and header_duration > 0 and duration < 0.9 * header_duration - 2.0 / max(info.fps, 1.0):
             self._warn(
                 f"header claims {header_duration:.2f} s but frames cover only {duration:.2f} s "
                 "(truncated file, or a header that is wrong)"

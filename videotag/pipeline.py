@@ -190,6 +190,16 @@ def to_record(ex: Extraction, extractor: FrameExtractor, video_id: str, content_
     )
 
 
+def record_warnings(rec: FeatureRecord) -> list[str]:
+    """The decoder's warnings kept with a stored record (a JSON list in its metadata); [] when none or unreadable."""
+    raw = rec.meta.get("warnings") or "[]"
+    try:
+        found = json.loads(raw) if isinstance(raw, str) else list(raw)
+    except ValueError:
+        return []
+    return [str(w) for w in found] if isinstance(found, list) else []
+
+
 def error_result(source: str, exc: BaseException, video_id: str = "") -> VideoResult:
     """A per-item error record: specific for VideoError/VideotagError, recorded (with traceback) otherwise."""
     if isinstance(exc, VideoError):
@@ -289,6 +299,7 @@ def predict_records(
             tags=rank(p, names, topk, threshold),
             model=model_name or predictor.name,
             timings={"predict_s": round(per, 5)},
+            warnings=record_warnings(r),
         )
         for r, p in zip(records, probs, strict=True)
     ]
@@ -392,7 +403,7 @@ def _finish_one(
             write_shard(shard, [rec], on_exists="keep")
             location = {"path": str(shard), "video_id": vid}
         if models is None:
-            res = VideoResult(video_id=vid, source=src, ok=True)
+            res = VideoResult(video_id=vid, source=src, ok=True, warnings=record_warnings(rec))
         else:
             (res,) = predict_records(
                 models.predictor, [rec], settings.topk, settings.threshold, models.model_name, settings.lang

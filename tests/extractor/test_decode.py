@@ -86,7 +86,12 @@ def test_wrong_header_frame_count_is_corrected_by_decoding(tmp_path: Path, claim
     assert set(dec.plan.indices.tolist()) <= set(out)
     for k, img in out.items():
         assert frame_index(img, rotation=0) == k
-    assert any(f"header claims {claimed} frames, decoding found 40" in w for w in dec.info.warnings)
+    said = (
+        f"decoded 40 of {claimed} frames the header promised: the file looks truncated"
+        if claimed > 40
+        else f"header claims {claimed} frames, decoding found 40"
+    )
+    assert said in dec.info.warnings, dec.info.warnings
     assert any("estimate" in w and "decoding again" in w for w in dec.info.warnings)
     first_warnings = list(dec.info.warnings)
     again = decode_all(dec)  # iterating again gives the same, and does not pile up warnings

@@ -198,6 +198,7 @@ def _print_result(res: VideoResult, show: int | None) -> None:
     if not res.tags:
         note = "features stored" if res.model is None else "no tag above the threshold"
         con.print(f"[bold]{escape(res.source)}[/]: {note}", soft_wrap=True)
+        _print_warnings(con, res)
         return
     # Two short lines, not one that wraps at 80 columns: the source, then id and model.
     con.print(f"[bold]{escape(res.source)}[/]", soft_wrap=True, highlight=False)
@@ -210,6 +211,13 @@ def _print_result(res: VideoResult, show: int | None) -> None:
     for i, tag in enumerate(res.tags if show is None else res.tags[:show], 1):
         t.add_row(str(i), str(tag.class_id), escape(tag.class_name), f"{tag.probability:.4f}")
     con.print(t)
+    _print_warnings(con, res)
+
+
+def _print_warnings(con, res: VideoResult) -> None:
+    """A yellow `warning:` line per decoder warning, under the result it belongs to."""
+    for w in res.warnings:
+        con.print(f"  [yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
 
 
 def _report(

@@ -32,13 +32,17 @@ class Tag(BaseModel):
 
 
 class VideoResult(BaseModel):
-    """One video's outcome: `tags` when ok, `error` (code + reason) when not. Never both."""
+    """One video's outcome: `tags` when ok, `error` (code + reason) when not. Never both. `warnings` may come
+    with either (only in `results.jsonl` and the API's result, not in VideoTag-format JSON)."""
 
     video_id: str
     source: str
     ok: bool
     tags: list[Tag] = Field(default_factory=list)
     error: dict[str, str] | None = None
+    warnings: list[str] = Field(
+        default_factory=list, description="What decoding found odd but survived (e.g. a file that looks truncated)."
+    )
     model: str | None = None
     features: dict[str, Any] | None = Field(None, description="Store location {path, video_id} when kept.")
     timings: dict[str, float] = Field(default_factory=dict)
