@@ -1,4 +1,5 @@
-"""Prometheus metrics: HTTP requests (this process) + queue depths and task stats (shared, read from Redis)."""
+"""Prometheus metrics: HTTP requests (this process) + queue depths and task stats (shared, read from Redis) +
+disk used by uploads, features, results and preview strips (a directory walk, at most once per 10 s)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,31 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from videotag.core.settings import Settings, get_settings
 from workers.celery_app import queue_depths
 from workers.jobstore import DURATION_BUCKETS, JobStore
+from workers.retention import DiskUsageCache
+
+DISK_CACHE_S = 10.0
 
 
 class RedisCollector(Collector):
     """Scrape-time view of what the workers recorded in `vt:metrics` and of the broker queues."""
 
-    def __init__(self, jobstore: JobStore) -> None:
+    def __init__(self, jobstore: JobStore, settings: Settings | None = None) -> None:
         self.jobstore = jobstore
+        self.disk = DiskUsageCache(settings or get_settings(), ttl_s=DISK_CACHE_S)
 
     def collect(self) -> Iterator:
+        try:
+            used = self.disk.get()
+        except OSError:  # an unreadable data directory must not break the scrape
+            used = {}
+        d = GaugeMetricFamily("videotag_disk_bytes", f"Bytes on disk by kind of data (computed at most every "
+                              f"{DISK_CACHE_S:g} s)", labels=["kind"])  # fmt: skip
+        for kind, n in used.items():
+            d.add_metric([kind], n)
+        yield d
         try:
             depths = queue_depths(self.jobstore.r)
             m = self.jobstore.metrics()

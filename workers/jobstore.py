@@ -9,6 +9,11 @@ Keys (prefix `vt:`):
     vt:batches:active        set   batch ids not yet complete
     vt:metrics               hash  task counters and duration histograms (read by the API's /metrics)
 
+Retention: a record expires `record_ttl_s` (default a week) after it ends, never while it is live. A job of its
+own gets its EXPIRE with its terminal write; a batch item lives as long as its batch: the batch hash, its item
+list and every item get theirs when the batch completes (`expire_batch`, also re-applied when its results are
+written, so a crash between the two writes leaves nothing for good).
+
 Job status: queued -> extracting -> extracted -> predicting -> done | failed. `done`/`failed` are terminal and
 written exactly once by a Lua script (`record`): a second run of a task (redelivery after a worker died,
 a resumed batch) finds the job terminal and changes nothing, so no result is ever counted twice.
@@ -29,6 +34,7 @@ from typing import Any
 import redis
 
 from videotag.core.results import VideoResult
+from videotag.core.settings import get_settings
 
 P = "vt:"
 TERMINAL = ("done", "failed")
@@ -41,7 +47,7 @@ _CHUNK = 1000  # ids per Redis pipeline round-trip for bulk operations
 BLOCK_S = 2.0  # longest single blocking call (BLPOP); well under the client's socket timeout
 
 # Exactly-once terminal write. KEYS: job, notify, batch ('' = none), active jobs, active batches.
-# ARGV: status, result json, error json, finished ts, timings json, job id, batch id.
+# ARGV: status, result json, error json, finished ts, timings json, job id, batch id, record ttl s (0: none).
 # Returns -1 unknown job, 0 already terminal (nothing changed), 1 recorded, 2 recorded and the batch completed.
 _RECORD_LUA = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -52,6 +58,8 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[
 redis.call('SREM', KEYS[4], ARGV[6])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], 3600)
+local ttl = tonumber(ARGV[8]) or 0
+if KEYS[3] == '' and ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 if KEYS[3] ~= '' then
   redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
   local total = tonumber(redis.call('HGET', KEYS[3], 'total'))
@@ -60,6 +68,10 @@ if KEYS[3] ~= '' then
   if total and done + failed >= total then
     redis.call('HSET', KEYS[3], 'status', 'complete', 'finished', ARGV[4])
     redis.call('SREM', KEYS[5], ARGV[7])
+    if ttl > 0 then
+      redis.call('EXPIRE', KEYS[3], ttl)
+      redis.call('EXPIRE', KEYS[3] .. ':items', ttl)
+    end
     return 2
   end
 end
@@ -211,14 +223,16 @@ def _job_fields(job: Job) -> dict[str, str]:
 class JobStore:
     """Typed access to the records above; one instance per process (redis-py clients are thread-safe)."""
 
-    def __init__(self, r: redis.Redis) -> None:
+    def __init__(self, r: redis.Redis, record_ttl_s: int | None = None) -> None:
         self.r = r
+        # how long a record outlives its end (settings.record_ttl_s unless given; 0 = for good)
+        self.record_ttl_s = get_settings().record_ttl_s if record_ttl_s is None else int(record_ttl_s)
         self._record = r.register_script(_RECORD_LUA)
         self._advance = r.register_script(_ADVANCE_LUA)
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+    def from_url(cls, url: str, record_ttl_s: int | None = None) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30), record_ttl_s)
 
     # ---- creation -------------------------------------------------------------------------------
     def create_job(
@@ -392,19 +406,54 @@ class JobStore:
         error: dict[str, Any] | None = None,
         timings: dict[str, float] | None = None,
     ) -> int:
-        """Write the job's terminal state exactly once. See `_RECORD_LUA` for the return codes."""
+        """Write the job's terminal state exactly once (and start its record's expiry, or its completed batch's).
+        See `_RECORD_LUA` for the return codes."""
         assert (result is None) != (error is None), "exactly one of result / error"
         job = self.r.hmget(job_key(job_id), ["batch_id"])
         batch_id = job[0] or ""
         status = "done" if result is not None else "failed"
-        return int(
+        rc = int(
             self._record(
                 keys=[job_key(job_id), notify_key(job_id), batch_key(batch_id) if batch_id else "",
                       ACTIVE_JOBS, ACTIVE_BATCHES],
                 args=[status, result.model_dump_json() if result is not None else "", _dumps(error),
-                      repr(time.time()), _dumps(timings or {}), job_id, batch_id],
+                      repr(time.time()), _dumps(timings or {}), job_id, batch_id, str(self.record_ttl_s)],
             )
         )  # fmt: skip
+        if rc == 2:
+            self.expire_batch(batch_id)
+        return rc
+
+    def expire_batch(self, batch_id: str) -> bool:
+        """Start the expiry of a complete batch's records (hash, item list, every item); False (nothing set)
+        while it is still running or when records are kept for good. Idempotent: restarts the countdown."""
+        ttl = self.record_ttl_s
+        if ttl <= 0 or self.r.hget(batch_key(batch_id), "status") != "complete":
+            return False
+        items = self.batch_items(batch_id)
+        for start in range(0, len(items), _CHUNK):
+            with self.r.pipeline(transaction=False) as p:
+                for jid in items[start : start + _CHUNK]:
+                    p.expire(job_key(jid), ttl)
+                p.execute()
+        with self.r.pipeline(transaction=False) as p:
+            p.expire(batch_key(batch_id), ttl)
+            p.expire(batch_key(batch_id) + ":items", ttl)
+            p.execute()
+        return True
+
+    def failed_items(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's failed items in submission order: {job_id, index, source, code, reason, stage}."""
+        out: list[dict[str, Any]] = []
+        ids = self.batch_items(batch_id)
+        for start in range(0, len(ids), _CHUNK):
+            for job in self.get_many(ids[start : start + _CHUNK]):
+                if job is not None and job.status == "failed":
+                    err = job.error or {}
+                    out.append({"job_id": job.id, "index": job.index, "source": job.source,
+                                "code": err.get("code", ""), "reason": err.get("reason", ""),
+                                "stage": err.get("stage")})  # fmt: skip
+        return out
 
     def wait(self, job_id: str, timeout: float) -> Job | None:
         """Block until the job is terminal or `timeout` s pass; returns the record either way."""

@@ -8,6 +8,8 @@ Messages carry only ids and the small location dict. Failure policy (`_guard`):
     an OSError no retry can fix (permission denied, read-only file system) is recorded at once (`permission_denied`);
   - the soft time limit records a `timeout` failure; the hard one is recorded by the worker's main process.
 The job's terminal state is written exactly once (`JobStore.record`), so redelivery never duplicates a result.
+Retention: an upload is deleted once its features are stored (after its preview strip is cached), or when its job
+fails; records expire after `record_ttl_s` (`workers.jobstore`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import errno
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +86,8 @@ class VideotagTask(Task):
             if job is not None and st.record(job.id, error={"code": code, "reason": reason, "stage": stage},
                                              timings=job.timings) == 2:  # fmt: skip
                 finalize_batch(job.batch_id)
+            if job is not None:
+                discard_upload(job)
         except Exception:  # noqa: BLE001 - Redis gone too: resume re-enqueues the job at the next start
             log.exception("could not record the failure of %s", task_id)
 
@@ -105,8 +110,46 @@ def _not_transient(e: BaseException) -> bool:
 def _fail(job: Job, stage: str, code: str, reason: str, seconds: float) -> None:
     """Record a stage's permanent failure on its job (and finish its batch when it was the last item)."""
     jobstore().observe_task(stage, seconds, ok=False, code=code)
-    if jobstore().record(job.id, error={"code": code, "reason": reason, "stage": stage}, timings=job.timings) == 2:
+    rc = jobstore().record(job.id, error={"code": code, "reason": reason, "stage": stage}, timings=job.timings)
+    discard_upload(job)  # nothing will read it again
+    if rc == 2:
         finalize_batch(job.batch_id)
+
+
+def discard_upload(job: Job, settings: Settings | None = None) -> bool:
+    """Delete an uploaded job's file (its folder `uploads_dir/<job_id>/`); never a path or URL input, nor
+    anything outside the uploads directory. True when something was deleted."""
+    if getattr(job, "input", None) != "upload" or not getattr(job, "source", None):
+        return False
+    uploads = Path((settings or get_settings()).uploads_dir).resolve()
+    src = Path(job.source).resolve()
+    if uploads not in src.parents:
+        log.warning("upload %s of %s is outside %s: left in place", src, job.id, uploads)
+        return False
+    target = src.parent if src.parent != uploads else src  # uploads_dir/<job_id>/<name>: the whole folder
+    existed = target.exists()
+    try:
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("could not delete upload %s: %s", target, e)
+        return False
+    return existed
+
+
+def _keep_preview_and_discard_upload(job: Job, settings: Settings) -> None:
+    """Features stored: cache the upload's preview strip (the page's frames), then delete the upload."""
+    if job.input != "upload":
+        return
+    try:
+        from videotag.thumbnails import thumbnails, thumbs_dir
+
+        thumbnails(job.source, thumbs_dir(settings, job.id))
+    except Exception as e:  # noqa: BLE001 - a preview is a nicety: the upload goes either way
+        log.info("no preview strip for %s: %s: %s", job.id, type(e).__name__, e)
+    discard_upload(job, settings)
 
 
 @contextlib.contextmanager
@@ -179,6 +222,7 @@ def extract(self: Task, job_id: str) -> dict:
     started = time.time()
     job = _begin(job_id, "extract", status="extracting", extract_started=started)
     if job.location and Path(job.location["path"]).is_file():  # redelivered after stage 1 finished
+        _keep_preview_and_discard_upload(job, settings)  # in case the first run died before it did
         _hand_off(self, job, job.location)
         return job.location
     from videotag.pipeline import extract_to_store
@@ -191,6 +235,8 @@ def extract(self: Task, job_id: str) -> dict:
     location = {k: loc[k] for k in ("path", "video_id", "source", "num_frames") if k in loc}
     jobstore().advance(job_id, status="extracted", extract_finished=time.time(), location=location,
                     video_id=location.get("video_id", ""), timings=timings)  # fmt: skip
+    # after the location is recorded: a redelivered message then finds the features, not a missing upload
+    _keep_preview_and_discard_upload(job, settings)
     _hand_off(self, job, location)
     return location
 
@@ -242,6 +288,7 @@ def finalize_batch(batch_id: str | None, settings: Settings | None = None, force
         out = Path(settings.results_dir).resolve() / batch_id
         write_results((j.video_result() for j in jobs if j is not None), out)
         st.set_results_dir(batch_id, str(out))
+        st.expire_batch(batch_id)  # again, in case the writer of the last item died before it did
         log.info("batch %s complete: results in %s", batch_id, out)
         return out
     finally:

@@ -20,6 +20,7 @@ from api.schemas import Frame, FramesOut, JobId, JobOut, Options
 from api.security import Refused, check_model_lang, check_model_name, check_url, resolve_server_path
 from api.uploads import receive_upload
 from videotag.inputs import is_directory
+from videotag.thumbnails import cached_thumbnails, thumbnails, thumbs_dir
 from workers.jobstore import BLOCK_S, Job, new_id, notify_key
 from workers.submit import submit_job
 
@@ -135,31 +136,6 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def thumbnails(source: str, out_dir: Path, count: int = 8, width: int = 160) -> list[tuple[int, bytes]]:
-    """`count` frames sampled uniformly from a local video as small JPEGs, cached under `out_dir`."""
-    from PIL import Image
-
-    from extractor.decode import SampledDecoder
-
-    cached = sorted(out_dir.glob("*.jpg"), key=lambda p: int(p.stem)) if out_dir.is_dir() else []
-    if cached:
-        return [(int(p.stem), p.read_bytes()) for p in cached]
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    dec = SampledDecoder(source, num_frames=count)
-    got: dict[int, object] = {int(i): rgb for i, rgb in dec}  # keyed by index: a 2nd pass may repeat frames
-    keep = [int(i) for i in dec.plan.indices] if dec.plan is not None else sorted(got)
-    out = []
-    for index in dict.fromkeys(keep):  # short videos repeat indices cyclically: one thumbnail each
-        img = Image.fromarray(got[index])
-        img.thumbnail((width, width * 4))
-        path = tmp / f"{index}.jpg"
-        img.save(path, "JPEG", quality=80)
-        out.append((index, path.read_bytes()))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out
 
 
 @router.get("/jobs/{job_id}/frames", response_model=FramesOut,
@@ -170,11 +146,13 @@ async def job_frames(job_id: JobId, st: State) -> FramesOut:
     from videotag.core.errors import VideoError
 
     job = await _get_job(st, job_id)
-    if job.input not in ("upload", "path") or not _is_file(job.source):
+    out_dir = thumbs_dir(st.settings, job.id)
+    # an upload is deleted once its features are stored; the extract worker made its strip first
+    cached = await run_in_threadpool(cached_thumbnails, out_dir)
+    if not cached and (job.input not in ("upload", "path") or not _is_file(job.source)):
         raise Refused(409, "frames are only available for uploaded or server-side files that still exist")
-    out_dir = Path(st.settings.data_dir).resolve() / "thumbs" / job.id
     try:
-        frames = await run_in_threadpool(thumbnails, job.source, out_dir)
+        frames = cached or await run_in_threadpool(thumbnails, job.source, out_dir)
     except VideoError as e:
         raise Refused(409, f"cannot decode frames: {e.code}: {e.reason}") from None
     return FramesOut(

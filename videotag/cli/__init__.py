@@ -14,6 +14,7 @@ _COMMAND_MODULES = [
     "videotag.cli.import_videotag",  # import-videotag
     "videotag.cli.dataset",  # dataset
     "videotag.cli.optimize",  # optimize
+    "videotag.cli.gc",  # gc
 ]
 
 

@@ -70,7 +70,8 @@ def serve(
         fail(str(e))
     console.print(f"[green]videotag serving[/] {svc.api_url}  (Redis {svc.redis_url}, logs {svc.log_dir})")
     console.print("Ctrl-C stops it")
-    svc.run()
+    if svc.run():  # the embedded Redis could not be kept up: exit non-zero so an init system restarts us
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -157,11 +158,15 @@ def _follow(jobstore, batch_id: str) -> dict:
 @guard
 def status(
     id: Annotated[str, typer.Argument(help="A batch id (b…) or a job id (j…).")],
-    watch: Annotated[bool, typer.Option(help="Follow until complete.")] = False,
+    watch: Annotated[bool, typer.Option(help="Follow until complete, then list the failed items.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Print the batch's failed items as JSONL on stdout (after --watch).")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Progress of a batch (total, done, failed, results directory) or the state of one job."""
+    """Progress of a batch (total, done, failed, results directory, which items failed and why) or the state
+    of one job."""
     settings = make_settings(data_dir=data_dir)
     url = _connect(settings)
     from workers.jobstore import JobStore
@@ -192,9 +197,33 @@ def status(
     if as_json:
         out.print_json(json.dumps(info))
         return
-    out.print(
+    summary = (
         f"{id}  {info['status']}  {info['done'] + info['failed']}/{info['total']} "
         f"({100 * info['progress']:.1f}%)  done {info['done']}  failed {info['failed']}  pending {info['pending']}"
-        + (f"\nresults: {info['results_dir']}" if info["results_dir"] else ""),
-        highlight=False,
+        + (f"\nresults: {info['results_dir']}" if info["results_dir"] else "")
     )
+    fails = jobstore.failed_items(id) if info["failed"] else []
+    if failed:  # stdout is the JSONL alone: one object per failed item; the summary goes to stderr
+        console.print(summary, highlight=False)
+        for item in fails:
+            print(json.dumps(item, ensure_ascii=False), flush=True)
+        return
+    out.print(summary, highlight=False)
+    _print_failed(fails, id)
+
+
+MAX_FAILED_SHOWN = 20
+
+
+def _print_failed(fails: list[dict], batch_id: str) -> None:
+    """The failed items, one line each: index, source, [code] reason (the first MAX_FAILED_SHOWN)."""
+    from rich.markup import escape
+
+    if not fails:
+        return
+    out.print(f"[red]failed items ({len(fails)}):[/]")
+    for item in fails[:MAX_FAILED_SHOWN]:
+        out.print(f"  #{item['index']}  {escape(item['source'])}  [bold]\\[{item['code']}][/] {escape(item['reason'])}",
+                  soft_wrap=True, highlight=False)  # fmt: skip
+    if len(fails) > MAX_FAILED_SHOWN:
+        out.print(f"  … and {len(fails) - MAX_FAILED_SHOWN} more: videotag status {batch_id} --failed", highlight=False)

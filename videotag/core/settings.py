@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     max_download_bytes: int = Field(2 * 1024**3)
     download_timeout_s: float = Field(60.0)
     tag_timeout_s: float = Field(300.0, description="How long POST /v1/tag waits for its result.")
+    record_ttl_s: int = Field(
+        7 * 86400, ge=0, description="Job and batch records expire this long after they end (done/failed, batch "
+        "complete); 0 = keep them for good. Live records never expire."
+    )
     task_soft_time_limit_s: int = Field(1800)
     task_time_limit_s: int = Field(2100)
 
