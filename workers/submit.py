@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from videotag.core.errors import VideotagError
+from videotag.core.settings import get_settings
 from videotag.inputs import expand_inputs, is_directory, is_url, read_filelist
 from workers import celery_app
 from workers.jobstore import Job, JobStore
+from workers.redis_server import check_room
 
 # A door's policy for sources: (items, what they are: "line" for what was given, "found file" for what a
 # directory held) -> the sources to use (normalised), raising the door's own error for refused ones.
@@ -69,6 +71,7 @@ def submit_job(
 ) -> Job:
     """One video: its job record, then its extract message (a job whose message cannot be published is failed at
     once, so that a restart's resume does not run it later on an upload the door has deleted)."""
+    check_room(jobstore.r, get_settings().redis_submit_limit)  # Redis nearly full: 503, before anything is written
     job = jobstore.create_job(source, input, kind=kind, model=model, topk=topk, threshold=threshold, lang=lang,
                               filename=filename, job_id=job_id)  # fmt: skip
     try:
@@ -102,6 +105,7 @@ def submit_batch(
     """A batch of sources (from `batch_sources`): the batch and item records, then (unless `publish=False`, for
     a door that publishes later with `publish_extract`) one extract message per item. Returns (batch id, job ids).
     """
+    check_room(jobstore.r, get_settings().redis_submit_limit)
     batch_id, job_ids = jobstore.create_batch(sources, "path", model=model, topk=topk, threshold=threshold,
                                               lang=lang)  # fmt: skip
     if publish:
@@ -125,6 +129,7 @@ def submit_repredict(
 ) -> dict[str, Any]:
     """Stage 2 again, with another model, on a complete batch's stored features: a new batch (returned as
     `JobStore.batch` describes it). Items whose parent never got features fail at once with the parent's error."""
+    check_room(jobstore.r, get_settings().redis_submit_limit)
     jobs = jobstore.get_many(jobstore.batch_items(parent))
     sources, locations, errors = [], [], []
     for job in jobs:

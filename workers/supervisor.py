@@ -3,8 +3,15 @@
 Starts, in order: the embedded Redis (unless VIDEOTAG_REDIS_URL is set), the API (uvicorn), one extract worker
 and one predict worker (Celery prefork pools). It watches them and restarts any that dies; when the single
 worker of a queue died, the messages it had taken but not acknowledged are put back at once (no other worker
-can hold them). Shutdown (SIGINT/SIGTERM, or `stop()`): API first (no new jobs), then the workers (warm: the
-running task finishes), then Redis (SHUTDOWN flushes the append-only file), so a restart resumes the batch.
+can hold them). The embedded Redis is supervised the same way: if it dies (even SIGKILL) it is reaped and started
+again on the same data directory and socket/port (its append-only file brings the job store and the queues back);
+then every delivered-but-unacked message is requeued and every unfinished job without a message gets one
+(`workers.submit.resume`), while the workers and the API reconnect by themselves within seconds (same URL). If
+Redis cannot be brought back (5 deaths within a minute), `run()` stops the whole service and returns 1, so an
+init system or orchestrator restarts it: nothing can be served without the job store.
+
+Shutdown (SIGINT/SIGTERM, or `stop()`): API first (no new jobs), then the workers (warm: the running task
+finishes), then Redis (SHUTDOWN flushes the append-only file), so a restart resumes the batch.
 """
 
 from __future__ import annotations
@@ -39,6 +46,22 @@ def settings_env(settings: Settings) -> dict[str, str | None]:
         else:
             out[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return out
+
+
+class _Dead:
+    """Stands for a Redis process that could not be started: `poll()` says it exited, so the next poll retries."""
+
+    pid = 0
+    returncode = -1
+
+    def poll(self) -> int:
+        return -1
+
+    def kill(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        return -1
 
 
 @dataclass
@@ -89,6 +112,8 @@ class Service:
                         "--hostname", f"{queue}-{os.getpid()}@%h"]  # fmt: skip
                 self.children.append(Child(f"{queue}-worker", argv, queue=queue))
         self._stopping = False
+        self.redis_restarts: list[float] = []
+        self.redis_failed = False  # gave up bringing the embedded Redis back: run() stops and returns 1
 
     @property
     def api_url(self) -> str:
@@ -100,7 +125,8 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not self.redis_url:
-            self.redis = EmbeddedRedis(self.data_dir / "redis", port=self.redis_port)
+            self.redis = EmbeddedRedis(self.data_dir / "redis", port=self.redis_port,
+                                       maxmemory=self.settings.redis_maxmemory, binary=self.settings.redis_server)
             self.redis_url = self.redis.start()
             n = restore_unacked(self.redis_url)  # we own every worker: deliveries still unacked are orphans
             if n:
@@ -137,10 +163,13 @@ class Service:
         return next(c for c in self.children if c.name == name)
 
     def poll(self) -> list[str]:
-        """Restart children that exited (at most 5 times a minute each). Returns the names restarted."""
-        restarted = []
+        """Restart the embedded Redis and children that exited (at most 5 times a minute each). Returns the names
+        restarted ("redis" for the embedded server)."""
+        restarted: list[str] = []
         if self._stopping:
             return restarted
+        if self._poll_redis():
+            restarted.append("redis")
         for c in self.children:
             if c.proc is None or c.proc.poll() is None:
                 continue
@@ -151,11 +180,62 @@ class Service:
             log.warning("%s exited with %s; restarting (log: %s)", c.name, c.proc.returncode,
                         self.log_dir / f"{c.name}.log")  # fmt: skip
             if c.queue and self.redis is not None:  # its taken-but-unacked messages have no other owner
-                restore_unacked(self.redis_url or "", (c.queue,))
+                try:
+                    restore_unacked(self.redis_url or "", (c.queue,))
+                except Exception as e:  # noqa: BLE001 - Redis down too: its restart requeues everything
+                    log.warning("could not requeue %s's messages now (%s); left to the Redis recovery", c.name, e)
             c.restarts.append(now)
             self._spawn(c)
             restarted.append(c.name)
         return restarted
+
+    def _poll_redis(self) -> bool:
+        """If the embedded Redis died: reap it, start it again (same data dir, AOF), requeue what was in flight.
+        True when it was restarted."""
+        rs = self.redis
+        if rs is None or self.redis_failed or rs.proc is None or rs.proc.poll() is None:  # poll() reaps it
+            return False
+        died = time.monotonic()
+        now = time.time()
+        self.redis_restarts = [t for t in self.redis_restarts if now - t < 60]
+        if len(self.redis_restarts) >= 5:
+            log.error("the embedded Redis died %d times within a minute; giving up (log: %s)",
+                      len(self.redis_restarts) + 1, rs.data_dir / "redis.log")  # fmt: skip
+            self.redis_failed = True
+            return False
+        log.warning("the embedded Redis (pid %d) exited with %s; restarting it on %s (log: %s)", rs.proc.pid,
+                    rs.proc.returncode, rs.data_dir, rs.data_dir / "redis.log")  # fmt: skip
+        self.redis_restarts.append(now)
+        rs.proc = None
+        try:
+            url = rs.start()
+        except RuntimeError as e:  # counted above; the next poll tries again (or gives up after 5 in a minute)
+            log.error("could not restart the embedded Redis: %s", e)
+            if rs.proc is None:
+                rs.proc = _Dead()  # type: ignore[assignment]
+            return False
+        assert url == self.redis_url, (url, self.redis_url)
+        self._recover_after_redis_restart()
+        log.warning("the embedded Redis is back after %.1f s", time.monotonic() - died)
+        return True
+
+    def _recover_after_redis_restart(self) -> None:
+        """Our workers lost their connections (and cancelled running tasks): whatever they held is requeued now,
+        and any unfinished job the crash left without a message gets one. Duplicates are harmless (idempotent
+        stages, exactly-once records); a missing message would not be."""
+        from workers.jobstore import JobStore
+        from workers.submit import resume
+
+        try:
+            n = restore_unacked(self.redis_url or "")
+            st = JobStore.from_url(self.redis_url or "")
+            try:
+                counts = resume(st, include_unacked=True)
+            finally:
+                st.r.close()
+            log.warning("after the Redis restart: %d in-flight message(s) requeued, resume: %s", n, counts)
+        except Exception:  # noqa: BLE001 - the API's next start-up resume and the visibility timeout remain
+            log.exception("recovery after the Redis restart failed")
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until GET /readyz says ready (Redis + a worker on each queue), or raise with the reason."""
@@ -175,8 +255,9 @@ class Service:
             time.sleep(0.25)
         raise RuntimeError(f"service not ready after {timeout:.0f} s ({last}); logs in {self.log_dir}")
 
-    def run(self) -> None:
-        """Supervise until SIGINT/SIGTERM, then stop everything in order."""
+    def run(self) -> int:
+        """Supervise until SIGINT/SIGTERM (returns 0), or until the embedded Redis cannot be kept up (returns 1),
+        then stop everything in order."""
 
         def handler(signum, frame) -> None:
             self._stopping = True
@@ -184,11 +265,12 @@ class Service:
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
         try:
-            while not self._stopping:
+            while not self._stopping and not self.redis_failed:
                 self.poll()
                 time.sleep(0.5)
         finally:
             self.stop()
+        return 1 if self.redis_failed else 0
 
     def _terminate(self, child: Child, timeout: float) -> None:
         p = child.proc

