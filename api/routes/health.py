@@ -57,17 +57,23 @@ async def healthz(request: Request) -> Response:
 
 
 def check_ready(st: AppState) -> dict[str, Any]:
-    """The detailed answer (node names, the error as raised); `public()` makes the one anybody may see."""
-    cached = st.ready_cache
-    if cached and time.monotonic() - cached["at"] < READY_CACHE_S:
-        return cached["body"]
+    """The detailed answer (node names, the error as raised); `public()` makes the one anybody may see.
+
+    Redis is PINGed on every call (cheap, and a dead broker must show at once); only the worker inspection (a
+    broadcast over the broker that waits up to INSPECT_TIMEOUT_S) is cached, for READY_CACHE_S."""
     nodes: dict[str, list[str]] = {q: [] for q in QUEUES}
     body: dict[str, Any] = {"status": "not_ready", "redis": False}
     try:
         body["redis"] = bool(st.jobstore.r.ping())
-        nodes = workers_by_queue(INSPECT_TIMEOUT_S)
+        cached = st.ready_cache
+        if cached and time.monotonic() - cached["at"] < READY_CACHE_S:
+            nodes = cached["nodes"]
+        else:
+            nodes = workers_by_queue(INSPECT_TIMEOUT_S)
+            st.ready_cache.update(at=time.monotonic(), nodes=nodes)
     except Exception as e:  # noqa: BLE001 - any failure here means "not ready", and the reason is reported
         body["error"] = f"{type(e).__name__}: {e}"
+        st.ready_cache.clear()
     missing = [q for q in QUEUES if not nodes.get(q)]
     if body["redis"] and not missing:
         body["status"] = "ready"
@@ -79,7 +85,6 @@ def check_ready(st: AppState) -> dict[str, Any]:
         body["detail"] = "the workers could not be asked which queues they consume"
     body["workers"] = {q: len(nodes.get(q, [])) for q in QUEUES}
     body["nodes"] = nodes
-    st.ready_cache.update(at=time.monotonic(), body=body)
     return body
 
 
