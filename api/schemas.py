@@ -117,8 +117,7 @@ class FramesOut(_Strict):
 
 
 class Health(_Strict):
-    status: Literal["ok", "failing"]
-    detail: str | None = Field(None, description="Why this process cannot serve (only when failing).")
+    status: Literal["ok"]
 
 
 class Ready(_Strict):

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import AppState, KeyHeader, State, given_key
-from api.errors import responses
+from api.errors import RETRY_AFTER_S, responses
 from api.schemas import Health, Ready
 from api.security import check_api_key
 from workers.celery_app import QUEUES, workers_by_queue
@@ -39,7 +39,7 @@ def _noop() -> bool:
 
 
 @router.get("/healthz", response_model=Health,
-            responses={503: {"model": Health, "description": "This process cannot serve: restart it"}})  # fmt: skip
+            responses=responses(503, _503="This process cannot serve (wedged): restart it"))  # fmt: skip
 async def healthz(request: Request) -> Response:
     """Liveness: 200 while this process can serve requests (its event loop and its thread pool answer), else 503.
     The broker and the workers are not checked here (see /readyz): a restart of the API would not fix them."""
@@ -52,7 +52,7 @@ async def healthz(request: Request) -> Response:
         except TimeoutError:
             detail = f"the worker thread pool did not run a no-op within {LIVENESS_TIMEOUT_S:.0f} s (wedged)"
     if detail:
-        return JSONResponse({"status": "failing", "detail": detail}, status_code=503)
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     return JSONResponse({"status": "ok"})
 
 
