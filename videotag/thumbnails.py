@@ -7,6 +7,7 @@ upload (retention), so the strip outlives the file.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from videotag.core.settings import Settings
@@ -31,19 +32,27 @@ def thumbnails(source: str, out_dir: Path, count: int = 8, width: int = 160) -> 
 
     if cached := cached_thumbnails(out_dir):
         return cached
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    dec = SampledDecoder(source, num_frames=count)
-    got: dict[int, object] = {int(i): rgb for i, rgb in dec}  # keyed by index: a 2nd pass may repeat frames
-    keep = [int(i) for i in dec.plan.indices] if dec.plan is not None else sorted(got)
-    out = []
-    for index in dict.fromkeys(keep):  # short videos repeat indices cyclically: one thumbnail each
-        img = Image.fromarray(got[index])
-        img.thumbnail((width, width * 4))
-        path = tmp / f"{index}.jpg"
-        img.save(path, "JPEG", quality=80)
-        out.append((index, path.read_bytes()))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out
+    # The API (first page request) and the extract worker (before deleting an upload) may make the same strip at
+    # once: each writes its own temporary folder and publishes it with one rename; the loser serves the winner's.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        dec = SampledDecoder(source, num_frames=count)
+        got: dict[int, object] = {int(i): rgb for i, rgb in dec}  # keyed by index: a 2nd pass may repeat frames
+        keep = [int(i) for i in dec.plan.indices] if dec.plan is not None else sorted(got)
+        out = []
+        for index in dict.fromkeys(keep):  # short videos repeat indices cyclically: one thumbnail each
+            img = Image.fromarray(got[index])
+            img.thumbnail((width, width * 4))
+            path = tmp / f"{index}.jpg"
+            img.save(path, "JPEG", quality=80)
+            out.append((index, path.read_bytes()))
+        try:
+            tmp.rename(out_dir)  # replaces an empty out_dir; fails when another writer published first
+        except OSError:
+            if cached := cached_thumbnails(out_dir):
+                return cached
+            raise
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -154,7 +154,9 @@ async def job_frames(job_id: JobId, st: State) -> FramesOut:
     try:
         frames = cached or await run_in_threadpool(thumbnails, job.source, out_dir)
     except VideoError as e:
-        raise Refused(409, f"cannot decode frames: {e.code}: {e.reason}") from None
+        # the worker may have cached the strip and deleted the upload while this request was decoding it
+        if not (frames := await run_in_threadpool(cached_thumbnails, out_dir)):
+            raise Refused(409, f"cannot decode frames: {e.code}: {e.reason}") from None
     return FramesOut(
         job_id=job.id,
         frames=[Frame(index=i, data_url="data:image/jpeg;base64," + base64.b64encode(b).decode()) for i, b in frames],
