@@ -76,6 +76,7 @@ def service_settings(tmp: Path, weights: Path, **overrides) -> Settings:
         batch_size=8,
         topk=5,
         intra_op_threads=1,  # one extract and one predict process share the 2 cores
+        decoders=1,  # a prefork extract pool (tests that kill a pool process need one), whatever the cores
         task_soft_time_limit_s=120,
         task_time_limit_s=150,
     )

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from extractor.backbone import FrameExtractor
 from extractor.decode import check_file
-from extractor.engine import Extraction, _Failed, extract_many
+from extractor.engine import Extraction, ExtractionEngine, _Failed, extract_many
+from predictor.batching import MicroBatcher
 from predictor.onnx_predictor import OnnxPredictor
-from videotag.core.errors import VideoError, VideotagError
+from videotag.core.errors import StageTimeout, VideoError, VideotagError
 from videotag.core.feature_store import (
     ID_LENGTH,
     FeatureRecord,
@@ -143,6 +144,27 @@ def auto_batch_size(extractor: FrameExtractor, requested: int = 0) -> int:
     return 8 if extractor.provider == "CPUExecutionProvider" else 64
 
 
+@lru_cache(maxsize=4)
+def _engine(extractor: FrameExtractor, frames: int, batch: int, decoders: int) -> ExtractionEngine:
+    return ExtractionEngine(extractor, frames, batch_size=batch, decoders=decoders)
+
+
+def get_engine(settings: Settings, model: str | None = None) -> ExtractionEngine:
+    """This process's stage-1 engine for `model`'s backbone (shared by the extract worker's threads)."""
+    ex = get_extractor(settings, model)
+    return _engine(ex, settings.frames, auto_batch_size(ex, settings.batch_size), settings.decoders_for(ex.provider))
+
+
+@lru_cache(maxsize=4)
+def _batcher(predictor: OnnxPredictor, max_batch: int, wait_ms: float) -> MicroBatcher:
+    return MicroBatcher(predictor.predict, max_batch, wait_ms / 1000.0)
+
+
+def get_batcher(settings: Settings, model: str | None = None) -> MicroBatcher:
+    """This process's stage-2 micro-batcher for `model` (shared by the predict worker's threads)."""
+    return _batcher(get_predictor(settings, model), settings.predict_batch, settings.predict_wait_ms)
+
+
 def load_models(settings: Settings, model: str | None = None) -> Models:
     """Backbone + predictor for `model` (default: settings.model), checked to belong together."""
     ex = get_extractor(settings, model)
@@ -158,7 +180,8 @@ def extraction_stream(
     """Stage 1, assembled once for every caller: decode + sample (the model's rule) ahead while the CNN runs in
     batches; one Extraction (or _Failed) per local path, in order."""
     batch = auto_batch_size(extractor, settings.batch_size)
-    return extract_many(list(paths), extractor, settings.frames, sampling_for(settings, model), batch)
+    decoders = settings.decoders_for(extractor.provider)
+    return extract_many(list(paths), extractor, settings.frames, sampling_for(settings, model), batch, decoders)
 
 
 def to_record(ex: Extraction, extractor: FrameExtractor, video_id: str, content_sha256: str) -> FeatureRecord:
@@ -219,11 +242,13 @@ def extract_to_store(
     model: str | None = None,
     video_id: str | None = None,
     public_urls_only: bool = False,
+    timeout_s: float | None = None,
 ) -> dict:
     """Stage 1 for one local file or URL into its own shard `features_dir/<backbone>/<video_id>.h5`.
 
     Idempotent: when that shard exists it is reused, never rewritten or duplicated. Raises VideoError for bad
-    input (permanent) and OSError for I/O trouble (transient). Returns the store location.
+    input (permanent), OSError for I/O trouble (transient), StageTimeout past `timeout_s` (the video is
+    cancelled). Returns the store location.
     """
     t0 = time.perf_counter()
     extractor = get_extractor(settings, model)
@@ -242,9 +267,12 @@ def extract_to_store(
                 n = rec.get(vid).num_frames
             return {"path": str(shard), "video_id": vid, "source": source, "num_frames": n, "reused": True,
                     "timings": {"total_s": round(time.perf_counter() - t0, 4)}}  # fmt: skip
-        (res,) = list(extraction_stream([local], extractor, settings, model))
-        if isinstance(res, _Failed):
-            raise _as_source_error(res.error, source)
+        try:
+            res = get_engine(settings, model).extract(local, sampling_for(settings, model), timeout=timeout_s)
+        except TimeoutError:
+            raise StageTimeout(f"extract exceeded the soft time limit of {timeout_s:g} s") from None
+        except VideoError as e:
+            raise _as_source_error(e, source) from None
         res.source = source
         write_shard(shard, [to_record(res, extractor, vid, sha)], on_exists="keep")
         timings = {**res.timings, "total_s": round(time.perf_counter() - t0, 4)}
@@ -278,10 +306,12 @@ def predict_records(
     threshold: float | None,
     model_name: str | None = None,
     lang: str | None = None,
+    run: Callable[[list], object] | None = None,
 ) -> list[VideoResult]:
     """Rank classes for already-extracted records, named in `lang` (None: the model's default language).
 
-    Refuses features from another backbone or sampling rule, and a language the model lacks.
+    Refuses features from another backbone or sampling rule, and a language the model lacks. `run` replaces
+    `predictor.predict` (the worker's MicroBatcher, which batches these records with other callers').
     """
     names = predictor.names(lang)
     for r in records:
@@ -289,7 +319,7 @@ def predict_records(
     if not records:
         return []
     t = time.perf_counter()
-    probs = predictor.predict([r.features.astype("float32") for r in records])
+    probs = (run or predictor.predict)([r.features.astype("float32") for r in records])
     per = (time.perf_counter() - t) / len(records)
     return [
         VideoResult(
@@ -313,12 +343,15 @@ def predict_from_store(
     threshold: float | None = None,
     lang: str | None = None,
 ) -> VideoResult:
-    """Stage 2 only, from a store location {"path", "video_id"} written by stage 1."""
+    """Stage 2 only, from a store location {"path", "video_id"} written by stage 1. With `predict_batch` > 1 the
+    model call goes through this process's MicroBatcher, so concurrent callers (the predict worker's threads)
+    share model batches."""
     predictor = get_predictor(settings, model)
     with FeatureStore(location["path"]) as store:
         rec = store.get(location["video_id"])
     th = threshold if threshold is not None else settings.threshold
-    (res,) = predict_records(predictor, [rec], topk or settings.topk, th, lang=lang or settings.lang)
+    run = get_batcher(settings, model).predict if settings.predict_batch > 1 else None
+    (res,) = predict_records(predictor, [rec], topk or settings.topk, th, lang=lang or settings.lang, run=run)
     res.source = location.get("source", rec.source)
     res.features = {"path": location["path"], "video_id": rec.video_id}
     return res

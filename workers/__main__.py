@@ -1,4 +1,8 @@
-"""`python -m workers --queues extract|predict [--concurrency N]`: one Celery worker (what `videotag worker` runs)."""
+"""`python -m workers --queues extract|predict [--concurrency N]`: one Celery worker (what `videotag worker` runs).
+
+The pool follows the settings (`workers.celery_app.worker_pool`): an extract worker with `decoders` > 1 or a
+predict worker with `predict_batch` > 1 runs one process whose threads share one model; otherwise a prefork pool.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,29 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the worker options and run one Celery worker on the given queues."""
     ap = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     ap.add_argument("--queues", "-Q", default="extract,predict", help="extract, predict or extract,predict")
-    ap.add_argument("--concurrency", "-c", type=int, default=1, help="pool processes (each loads the models once)")
+    ap.add_argument(
+        "--concurrency", "-c", type=int, default=None,
+        help="prefork pool processes (each loads the models once); only where videos are not batched",
+    )  # fmt: skip
     ap.add_argument("--loglevel", "-l", default="INFO")
     ap.add_argument("--hostname", "-n", default=None)
     ap.add_argument("--events", "-E", action="store_true", help="send task events (for Flower)")
     a = ap.parse_args(argv)
     import os
 
-    os.environ["VIDEOTAG_WORKER_QUEUES"] = a.queues  # what the pool processes warm up after fork
-    from workers.celery_app import app, worker_argv
+    from videotag.core.onnx_sessions import choose_providers
+    from videotag.core.settings import get_settings
+    from workers.celery_app import app, worker_argv, worker_pool
 
-    app.worker_main(worker_argv(a.queues, a.concurrency, a.loglevel, a.hostname, a.events))
+    settings = get_settings()
+    decoders = settings.decoders_for(choose_providers(settings.onnx_providers)[0]) if "extract" in a.queues else 1
+    try:
+        pool, size = worker_pool(a.queues, decoders, settings.predict_batch, a.concurrency)
+    except ValueError as e:
+        ap.error(str(e))
+    os.environ["VIDEOTAG_WORKER_QUEUES"] = a.queues  # what the pool warms up (after fork, for prefork)
+    os.environ["VIDEOTAG_WORKER_POOL"] = pool
+    app.worker_main(worker_argv(a.queues, size, a.loglevel, a.hostname, a.events, pool=pool))
 
 
 if __name__ == "__main__":

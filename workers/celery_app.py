@@ -159,21 +159,53 @@ def create_app(settings: Settings | None = None) -> Celery:
 app = create_app()
 
 
-def worker_argv(
-    queues: str, concurrency: int = 1, loglevel: str = "INFO", hostname: str | None = None, events: bool = False
-) -> list[str]:
-    """Arguments for `app.worker_main`: prefork pool, one process per core by default, no gossip/mingle."""
+def queue_names(queues: str) -> list[str]:
+    """`extract`, `predict` or `extract,predict` -> the queue names (ValueError for anything else)."""
     names = [q.strip() for q in queues.split(",") if q.strip()]
     bad = [q for q in names if q not in QUEUES]
     if not names or bad:
         raise ValueError(f"queues must be extract, predict or both (comma-separated), got {queues!r}")
+    return names
+
+
+def worker_pool(queues: str, decoders: int, predict_batch: int, processes: int | None = None) -> tuple[str, int]:
+    """(Celery pool, its size) for a worker of `queues`.
+
+    Several videos in flight share one model in one process: the extract queue with `decoders` > 1 (one shared
+    stage-1 engine: cross-video CNN batches) and the predict queue with `predict_batch` > 1 (one MicroBatcher)
+    run a threads pool, one thread per video in flight. Otherwise a prefork pool of `processes` (each loads the
+    models once; the hard time limit can kill a stuck one). The two exclude each other.
+    """
+    names = queue_names(queues)
+    threads = (decoders if "extract" in names else 0) + (predict_batch if "predict" in names else 0)
+    if ("extract" in names and decoders > 1) or ("predict" in names and predict_batch > 1):
+        if processes and processes > 1:
+            raise ValueError(
+                f"--concurrency {processes} sets prefork processes, but this worker shares one model among "
+                f"{threads} threads (decoders {decoders}, predict batch {predict_batch}): set decoders and predict "
+                "batch to 1 for processes, or run more workers"
+            )
+        return "threads", threads
+    return "prefork", processes or 1
+
+
+def worker_argv(
+    queues: str,
+    concurrency: int = 1,
+    loglevel: str = "INFO",
+    hostname: str | None = None,
+    events: bool = False,
+    pool: str = "prefork",
+) -> list[str]:
+    """Arguments for `app.worker_main`: the pool (`worker_pool`) and its size, no gossip/mingle."""
+    names = queue_names(queues)
     import os
 
     argv = [
         "worker",
         "--queues", ",".join(names),
         "--concurrency", str(concurrency),
-        "--pool", "prefork",
+        "--pool", pool,
         "--loglevel", loglevel,
         "--hostname", hostname or f"{'+'.join(names)}-{os.getpid()}@%h",
         "--without-gossip",

@@ -28,10 +28,10 @@ from typing import Any
 import redis
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from celery.worker.request import Request
 
-from videotag.core.errors import ManifestError, ModelMismatchError, StoreError, VideoError
+from videotag.core.errors import ManifestError, ModelMismatchError, StageTimeout, StoreError, VideoError
 from videotag.core.settings import Settings, get_settings
 from workers.celery_app import TASKS, app, job_id_of, redis_url, signature
 from workers.jobstore import Job, JobStore
@@ -41,7 +41,9 @@ MAX_RETRIES = 4
 TRANSIENT = (OSError, redis.ConnectionError, redis.TimeoutError)  # VideoError is not an OSError
 # OSErrors that no retry can fix: no permission (EACCES, EPERM), a read-only file system (EROFS)
 NOT_TRANSIENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-PERMANENT_CODES = {ModelMismatchError: "model_mismatch", ManifestError: "model_missing", StoreError: "store_error"}
+# StageTimeout: our own limit where the pool cannot enforce Celery's (threads)
+PERMANENT_CODES = {ModelMismatchError: "model_mismatch", ManifestError: "model_missing", StoreError: "store_error",
+                   StageTimeout: "timeout"}  # fmt: skip
 
 _JOBSTORE: JobStore | None = None
 
@@ -196,10 +198,23 @@ def _guard(task: Task, job: Job, stage: str, observe: bool = True) -> Iterator[N
 
 
 @worker_process_init.connect
-def _warm_up(**_: Any) -> None:
-    """Load this pool process's models right after the fork (never before: ORT sessions don't survive fork), so
-    the first job does not pay for imports and session creation. Failures are only logged: the first task then
-    reports the real error on the job."""
+def _warm_up_process(**_: Any) -> None:
+    """Prefork: load this pool process's models right after the fork (never before: ORT sessions and threads
+    don't survive fork), so the first job does not pay for imports and session creation."""
+    if os.environ.get("VIDEOTAG_WORKER_POOL", "prefork") == "prefork":
+        _warm_up()
+
+
+@worker_ready.connect
+def _warm_up_threads(**_: Any) -> None:
+    """Threads pool: the worker process itself runs the tasks; warm it up once it is ready."""
+    if os.environ.get("VIDEOTAG_WORKER_POOL") == "threads":
+        _warm_up()
+
+
+def _warm_up() -> None:
+    """Models, the stage-1 engine and the stage-2 batcher of this process. Failures are only logged: the first
+    task then reports the real error on the job."""
     queues = os.environ.get("VIDEOTAG_WORKER_QUEUES", "")
     if not queues:
         return
@@ -208,9 +223,11 @@ def _warm_up(**_: Any) -> None:
 
         settings = get_settings()
         if "extract" in queues:
-            pipeline.get_extractor(settings)
+            pipeline.get_engine(settings)
         if "predict" in queues:
             pipeline.get_predictor(settings)
+            if settings.predict_batch > 1:
+                pipeline.get_batcher(settings)
     except Exception as e:  # noqa: BLE001
         log.warning("model warm-up failed (%s: %s); tasks will report it", type(e).__name__, e)
 
@@ -229,7 +246,8 @@ def extract(self: Task, job_id: str) -> dict:
 
     with _guard(self, job, "extract"):
         loc = extract_to_store(job.source, settings.features_dir, settings, model=job.model, video_id=job.video_id,
-                               public_urls_only=not settings.allow_private_urls)  # fmt: skip
+                               public_urls_only=not settings.allow_private_urls,
+                               timeout_s=settings.task_soft_time_limit_s)  # fmt: skip
     timings = {"queue_extract_s": started - job.created, "extract_s": time.time() - started,
                **{f"extract.{k}": float(v) for k, v in (loc.get("timings") or {}).items()}}  # fmt: skip
     location = {k: loc[k] for k in ("path", "video_id", "source", "num_frames") if k in loc}

@@ -26,6 +26,20 @@ DeviceOpt = Annotated[
     ),
 ]
 
+Decoders = Annotated[
+    int | None,
+    typer.Option(
+        "--decoders", help="Videos decoded at once, feeding one CNN session with batches drawn across them "
+        "[default: automatic: CPU 1 per 4 cores, GPU half the cores, 2-8].",
+    ),
+]
+PredictBatch = Annotated[
+    int | None,
+    typer.Option(
+        "--predict-batch", help="Waiting videos a predict worker runs as one model batch, one thread each "
+        "[default: 16; 1 = one at a time, prefork processes].",
+    ),
+]
 
 # -v means the same in every command: more log output (never a short form of another option).
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: info logs, -vv: debug.")]

@@ -17,7 +17,7 @@ from rich.table import Table
 from videotag import pipeline
 from videotag.catalog import AVAILABLE
 from videotag.cli.app import app
-from videotag.cli.common import DeviceOpt, Verbose, console, fail, guard, make_settings, out, setup_logging
+from videotag.cli.common import Decoders, DeviceOpt, Verbose, console, fail, guard, make_settings, out, setup_logging
 from videotag.core.results import VideoResult
 from videotag.core.settings import Settings
 from videotag.inputs import expand_inputs, read_filelist
@@ -312,6 +312,7 @@ def tag(
     threshold: Annotated[float | None, typer.Option(help="Drop tags below this probability.")] = None,
     frames: Frames = None,
     batch_size: BatchSize = None,
+    decoders: Decoders = None,
     sampling: Sampling = None,
     device: DeviceOpt = None,
     out_dir: Annotated[
@@ -350,6 +351,7 @@ def tag(
         threshold=threshold,
         frames=frames,
         batch_size=batch_size,
+        decoders=decoders,
         sampling=sampling,
         lang=lang,
         device=device,
@@ -392,13 +394,15 @@ def extract(
     ] = None,
     frames: Frames = None,
     batch_size: BatchSize = None,
+    decoders: Decoders = None,
     sampling: Sampling = None,
     device: DeviceOpt = None,
     verbose: Verbose = 0,
 ) -> None:
     """Stage 1 only: videos -> per-frame features in an HDF5 feature store."""
     setup_logging(verbose)
-    settings = make_settings(frames=frames, batch_size=batch_size, sampling=sampling, device=device)
+    settings = make_settings(frames=frames, batch_size=batch_size, decoders=decoders, sampling=sampling,
+                             device=device)  # fmt: skip
     _ensure_defaults(settings, model)
     sources = expand_inputs(inputs or [], filelist)
     raise typer.Exit(_run(sources, settings, model, None, out_path, False, 0, False))

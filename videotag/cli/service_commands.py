@@ -11,7 +11,18 @@ from typing import Annotated
 import typer
 
 from videotag.cli.app import app
-from videotag.cli.common import DeviceOpt, Verbose, console, fail, guard, make_settings, out, setup_logging
+from videotag.cli.common import (
+    Decoders,
+    DeviceOpt,
+    PredictBatch,
+    Verbose,
+    console,
+    fail,
+    guard,
+    make_settings,
+    out,
+    setup_logging,
+)
 from videotag.core.settings import Settings, get_settings
 
 DataDir = Annotated[
@@ -43,8 +54,10 @@ def serve(
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     data_dir: DataDir = None,
-    extract_workers: Annotated[int, typer.Option(help="Extract pool processes.")] = 1,
-    predict_workers: Annotated[int, typer.Option(help="Predict pool processes.")] = 1,
+    extract_workers: Annotated[int, typer.Option(help="Extract pool processes (with --decoders 1 only).")] = 1,
+    predict_workers: Annotated[int, typer.Option(help="Predict pool processes (with --predict-batch 1 only).")] = 1,
+    decoders: Decoders = None,
+    predict_batch: PredictBatch = None,
     redis_port: Annotated[
         int | None, typer.Option(help="Also expose the embedded Redis on this TCP port (for remote workers).")
     ] = None,
@@ -57,7 +70,9 @@ def serve(
     from videotag.cli.core import _ensure_defaults
     from workers.supervisor import Service
 
-    settings = make_settings(data_dir=data_dir, device=device)  # the workers get it as VIDEOTAG_DEVICE
+    # the workers get these as VIDEOTAG_* variables
+    settings = make_settings(data_dir=data_dir, device=device, decoders=decoders, predict_batch=predict_batch)
+    _check_pools(settings, {"extract": extract_workers, "predict": predict_workers})
     _ensure_defaults(settings, None)
     svc = Service(settings, host=host, port=port, extract_concurrency=extract_workers,
                   predict_concurrency=predict_workers, redis_port=redis_port, workers=workers)  # fmt: skip
@@ -74,11 +89,30 @@ def serve(
         raise typer.Exit(1)
 
 
+def _check_pools(settings: Settings, processes: dict[str, int]) -> None:
+    """Refuse, before starting anything, prefork processes asked for where videos share one model (threads)."""
+    from videotag.core.onnx_sessions import choose_providers
+    from workers.celery_app import worker_pool
+
+    decoders = settings.decoders_for(choose_providers(settings.onnx_providers)[0])
+    for queue, n in processes.items():
+        try:
+            worker_pool(queue, decoders, settings.predict_batch, n)
+        except ValueError as e:
+            fail(f"{queue} worker: {e}")
+
+
 @app.command()
 @guard
 def worker(
     queues: Annotated[str, typer.Option("--queues", "-Q", help="extract, predict, or extract,predict")] = "extract",
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Pool processes.")] = 1,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-c", help="Prefork pool processes, where videos are not batched (decoders 1 "
+                     "for extract, predict batch 1 for predict); otherwise one process runs a thread per video."),
+    ] = None,  # fmt: skip
+    decoders: Decoders = None,
+    predict_batch: PredictBatch = None,
     data_dir: DataDir = None,
     events: Annotated[bool, typer.Option("--events", "-E", help="Send task events (Flower).")] = False,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
@@ -86,13 +120,15 @@ def worker(
     device: DeviceOpt = None,
 ) -> None:
     """Start a Celery worker for the extract and/or predict queue on the configured Redis."""
-    if device:
-        os.environ["VIDEOTAG_DEVICE"] = device  # the tasks read get_settings()
+    for name, value in (("DEVICE", device), ("DECODERS", decoders), ("PREDICT_BATCH", predict_batch)):
+        if value is not None:
+            os.environ[f"VIDEOTAG_{name}"] = str(value)  # the tasks read get_settings()
     settings = make_settings(data_dir=data_dir)
+    _check_pools(settings, {q: concurrency or 1 for q in ("extract", "predict") if q in queues})
     _connect(settings)
     from workers.__main__ import main as worker_main
 
-    argv = ["--queues", queues, "--concurrency", str(concurrency), "--loglevel", loglevel]
+    argv = ["--queues", queues, "--loglevel", loglevel] + (["--concurrency", str(concurrency)] if concurrency else [])
     argv += ["--hostname", hostname] if hostname else []
     worker_main(argv + (["--events"] if events else []))
 

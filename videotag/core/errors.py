@@ -42,3 +42,7 @@ class ManifestError(VideotagError):
 
 class StoreError(VideotagError):
     """A feature store file is malformed, or a record is missing."""
+
+
+class StageTimeout(VideotagError):
+    """A stage ran past its time limit; the work was cancelled (str: what exceeded which limit)."""

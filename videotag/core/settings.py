@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         0, ge=0, description="Frames per backbone batch; 0 = automatic (8 on CPU: as fast as 32 there with half "
         "the memory; 64 on CUDA/TensorRT)."
     )
+    decoders: int = Field(
+        0, ge=0, le=64, description="Videos decoded at once, feeding one backbone session with batches drawn across "
+        "them (`tag`, `extract` and each extract worker); 0 = automatic (CPU: 1 per 4 cores, at least 1; GPU: "
+        "half the cores, 2 to 8)."
+    )
 
     # --- stage 2 ------------------------------------------------------------------------------------
     topk: int = Field(20, ge=1)
@@ -94,6 +99,13 @@ class Settings(BaseSettings):
         None, description="Language of class names (e.g. en, zh); unset = the model's default (en for VideoTag)."
     )
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    predict_batch: int = Field(
+        16, ge=1, le=1024, description="A predict worker runs up to this many waiting videos as one model batch "
+        "(its pool threads; 1 = one video at a time, in prefork processes)."
+    )
+    predict_wait_ms: float = Field(
+        5.0, ge=0.0, le=1000.0, description="How long a predict batch waits for more videos after its first one."
+    )
 
     # --- storage ------------------------------------------------------------------------------------
     data_dir: Path = Field(Path("videotag-data"), description="Root for features, results and uploads.")
@@ -153,6 +165,17 @@ class Settings(BaseSettings):
         if isinstance(v, list | tuple):
             return [k.strip() if isinstance(k, str) else k for k in v if not (isinstance(k, str) and not k.strip())]
         return v
+
+    def decoders_for(self, provider: str) -> int:
+        """`decoders`, or its automatic value where the backbone runs on `provider` (an ONNX Runtime provider):
+        on CPU 1 per 4 cores (the CNN, on every core, is most of the work; on 2 cores a second decoder gains
+        nothing), on a GPU half the cores, 2 to 8 (there decoding is the work)."""
+        if self.decoders:
+            return self.decoders
+        cores = os.cpu_count() or 1
+        if provider == "CPUExecutionProvider":
+            return max(1, cores // 4)
+        return min(8, max(2, cores // 2))
 
     @property
     def onnx_providers(self) -> tuple[str, ...]:
