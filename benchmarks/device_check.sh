@@ -28,11 +28,10 @@
 #      (EfficientNet-Lite0, real ImageNet weights) and the imported VideoTag ResNet-101 backbone (GENERATED
 #      weights: tests/reference/numpy_paddle.py); then benchmarks/gpu_check_attention_lstm.py --bundle: both ONNX
 #      forms of the peephole LSTM (scan, onnx_lstm) and the bundle's predictor + backbone, CUDA vs CPU.
-#   3. end to end: `videotag extract` of the clips at --frames frames with 1, 4 and 8 decoders: clips/s and
+#   3. end to end: `videotag extract --decoders N` of the clips at --frames frames with N = 1, 4 and 8: clips/s and
 #      frames/s (sampled frames) and the GPU's utilisation (nvidia-smi sampled every 0.5 s in the background).
-#      `videotag extract` has no --decoders option yet (issue 12, section 2): N decoders = N concurrent
-#      `videotag extract` processes over a round-robin split of the file list, all on the one GPU; wall clock
-#      from the first start to the last exit, model loading included. When --decoders exists, it is used instead.
+#      N decoder threads feed one CUDA session with batches drawn across videos; wall clock of the command,
+#      model loading included. (On a checkout older than --decoders: N concurrent `videotag extract` processes.)
 #
 # --cpu-dry-run: proves the script's logic on a CPU-only machine: no install, device cpu, parity CPU only (the
 # GPU comparisons and the LSTM GPU check are skipped and say so), no nvidia-smi.

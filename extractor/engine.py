@@ -22,6 +22,7 @@ Memory is bounded, whatever the number or length of the videos:
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -125,6 +126,9 @@ class ExtractionEngine:
         self.extractor = extractor
         self.num_frames, self.policy = num_frames, policy or extractor.sampling
         self.batch_size, self.decoders = batch_size, decoders
+        # FFmpeg's own threads per decoder: all cores for one decoder; shared out among several, so N decoders
+        # do not start N x cores threads on a small machine
+        self.decode_threads = 0 if decoders == 1 else max(1, (os.cpu_count() or 1) // decoders)
         self._jobs: queue.Queue = queue.Queue()  # unbounded: callers bound the videos in flight
         self._frames: queue.Queue = queue.Queue(maxsize=max(prefetch_frames, batch_size))
         self._closed = threading.Event()
@@ -225,6 +229,7 @@ class ExtractionEngine:
                     num_frames=ticket.num_frames,
                     policy=ticket.policy,
                     transform=self.extractor.preprocess,
+                    threads=self.decode_threads,
                 )
                 for frame_index, crop in dec:
                     if ticket.cancelled.is_set():
