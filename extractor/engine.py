@@ -139,10 +139,10 @@ class ExtractionEngine:
             for i in range(decoders)
         ]
         self._threads.append(threading.Thread(target=self._infer_loop, name="videotag-infer", daemon=True))
-        for t in self._threads:
-            t.start()
         self.batches = 0  # CNN calls made (for benchmarks and tests)
         self.mixed_batches = 0  # ... of which held crops of more than one video
+        for t in self._threads:
+            t.start()
 
     # ---- callers -----------------------------------------------------------------------------------------
     def submit(self, source: str, policy: str | None = None, num_frames: int | None = None) -> Ticket:

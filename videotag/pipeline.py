@@ -11,11 +11,12 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from extractor.backbone import FrameExtractor
@@ -104,6 +105,11 @@ def backbone_dir_for(settings: Settings, model: str | None = None) -> Path:
     return settings.resolve_model_dir(settings.backbone)
 
 
+# The caches below hold one model / engine / batcher per process. A worker's threads may ask for the same one at
+# once: lru_cache alone would then build it once per thread (N sessions, N batcher threads), hence the lock.
+_LOAD_LOCK = threading.RLock()
+
+
 @lru_cache(maxsize=8)
 def _load_extractor(path: str, providers: tuple[str, ...], threads: int) -> FrameExtractor:
     """One FrameExtractor per (backbone dir, providers, threads) per process."""
@@ -118,14 +124,16 @@ def _load_predictor(path: str, providers: tuple[str, ...], threads: int) -> Onnx
 
 def get_extractor(settings: Settings, model: str | None = None) -> FrameExtractor:
     """The backbone `model` needs (its bundled one, else the configured one), loaded once per process."""
-    bdir = backbone_dir_for(settings, model)
-    return _load_extractor(str(bdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
+    with _LOAD_LOCK:
+        bdir = backbone_dir_for(settings, model)
+        return _load_extractor(str(bdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
 
 
 def get_predictor(settings: Settings, model: str | None = None) -> OnnxPredictor:
     """The predictor `model` (default: settings.model), loaded once per process."""
-    pdir = settings.resolve_model_dir(model or settings.model)
-    return _load_predictor(str(pdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
+    with _LOAD_LOCK:
+        pdir = settings.resolve_model_dir(model or settings.model)
+        return _load_predictor(str(pdir.resolve()), settings.onnx_providers, settings.intra_op_threads)
 
 
 def sampling_for(settings: Settings, model: str | None = None) -> str | None:
@@ -144,25 +152,28 @@ def auto_batch_size(extractor: FrameExtractor, requested: int = 0) -> int:
     return 8 if extractor.provider == "CPUExecutionProvider" else 64
 
 
-@lru_cache(maxsize=4)
+@cache  # never evicted: an engine's threads live as long as it is cached
 def _engine(extractor: FrameExtractor, frames: int, batch: int, decoders: int) -> ExtractionEngine:
     return ExtractionEngine(extractor, frames, batch_size=batch, decoders=decoders)
 
 
 def get_engine(settings: Settings, model: str | None = None) -> ExtractionEngine:
     """This process's stage-1 engine for `model`'s backbone (shared by the extract worker's threads)."""
-    ex = get_extractor(settings, model)
-    return _engine(ex, settings.frames, auto_batch_size(ex, settings.batch_size), settings.decoders_for(ex.provider))
+    with _LOAD_LOCK:
+        ex = get_extractor(settings, model)
+        batch = auto_batch_size(ex, settings.batch_size)
+        return _engine(ex, settings.frames, batch, settings.decoders_for(ex.provider))
 
 
-@lru_cache(maxsize=4)
+@cache  # never evicted: a batcher's thread lives as long as it is cached
 def _batcher(predictor: OnnxPredictor, max_batch: int, wait_ms: float) -> MicroBatcher:
     return MicroBatcher(predictor.predict, max_batch, wait_ms / 1000.0)
 
 
 def get_batcher(settings: Settings, model: str | None = None) -> MicroBatcher:
     """This process's stage-2 micro-batcher for `model` (shared by the predict worker's threads)."""
-    return _batcher(get_predictor(settings, model), settings.predict_batch, settings.predict_wait_ms)
+    with _LOAD_LOCK:
+        return _batcher(get_predictor(settings, model), settings.predict_batch, settings.predict_wait_ms)
 
 
 def load_models(settings: Settings, model: str | None = None) -> Models:
@@ -335,6 +346,19 @@ def predict_records(
     ]
 
 
+def _batched_run(settings: Settings, model: str | None) -> Callable[[list], object]:
+    """The MicroBatcher's predict, bounded by the soft time limit (a threads pool has no Celery limits)."""
+    batcher, limit = get_batcher(settings, model), settings.task_soft_time_limit_s
+
+    def run(sequences: list) -> object:
+        try:
+            return batcher.predict(sequences, timeout=limit)
+        except TimeoutError:
+            raise StageTimeout(f"predict exceeded the soft time limit of {limit:g} s") from None
+
+    return run
+
+
 def predict_from_store(
     location: dict,
     settings: Settings,
@@ -350,7 +374,7 @@ def predict_from_store(
     with FeatureStore(location["path"]) as store:
         rec = store.get(location["video_id"])
     th = threshold if threshold is not None else settings.threshold
-    run = get_batcher(settings, model).predict if settings.predict_batch > 1 else None
+    run = _batched_run(settings, model) if settings.predict_batch > 1 else None
     (res,) = predict_records(predictor, [rec], topk or settings.topk, th, lang=lang or settings.lang, run=run)
     res.source = location.get("source", rec.source)
     res.features = {"path": location["path"], "video_id": rec.video_id}
