@@ -4,8 +4,8 @@ A predict worker runs one Celery task per video in each of its B pool threads. E
 hands them to the process's `MicroBatcher` and waits; the batcher takes the first waiting sequence, gathers
 whatever else arrives within `max_wait_s` (up to `max_batch`), runs them as one padded ONNX batch and hands each
 caller its own row. Each task then records its own result and returns, so each message is still acknowledged only
-after its result is stored. The 3396-class Attention-LSTM runs ~4x more sequences per second at batch 16 than at
-batch 1 on a 2-core CPU (`benchmarks/bench_predict_queue.py`).
+after its result is stored. Through the real queue the 3396-class Attention-LSTM records 2.8x more results per
+second at batch 16 than at batch 1 on a 2-core CPU (`benchmarks/bench_predict_queue.py`).
 """
 
 from __future__ import annotations
