@@ -21,24 +21,11 @@ from service_helpers import (
     all_results,
     children_of,
     external_redis_mode,
-    make_weights,
     service_settings,
     start_service,
     wait_batch,
     wait_for,
 )
-
-from workers.jobstore import JobStore
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, default_weights) -> Path:
-    return make_weights(tmp_path_factory.mktemp("weights"), default_weights)
-
-
-@pytest.fixture(scope="module")
-def clips_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("clips")
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +35,6 @@ def svc(tmp_path_factory, weights, clips_root):
     s = start_service(settings)
     yield s
     s.stop(worker_grace=10)
-
-
-@pytest.fixture(scope="module")
-def client(svc):
-    with httpx.Client(base_url=svc.api_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def jobstore(svc):
-    st = JobStore.from_url(svc.redis_url)
-    yield st
-    st.r.close()
 
 
 def _clips(d: Path, n: int, frames: int = 40, size: tuple[int, int] = (96, 64)) -> list[Path]:

@@ -27,7 +27,6 @@ from service_helpers import (
     all_results,
     free_port,
     make_clips,
-    make_weights,
     redis7_binary,
     service_settings,
     start_redis7,
@@ -37,11 +36,6 @@ from service_helpers import (
 )
 
 from workers.supervisor import Service, settings_env
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, default_weights) -> Path:
-    return make_weights(tmp_path_factory.mktemp("weights"), default_weights)
 
 
 def _state(pid: int) -> str | None:

@@ -26,7 +26,6 @@ from service_helpers import (
     children_of,
     external_redis_mode,
     make_clips,
-    make_weights,
     service_settings,
     start_service,
     use_broker,
@@ -39,34 +38,11 @@ from workers.jobstore import JobStore
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, default_weights) -> Path:
-    return make_weights(tmp_path_factory.mktemp("weights"), default_weights)
-
-
-@pytest.fixture(scope="module")
-def clips_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("clips")
-
-
-@pytest.fixture(scope="module")
 def svc(tmp_path_factory, weights, clips_root):
     tmp = tmp_path_factory.mktemp("svc")
     s = start_service(service_settings(tmp, weights, path_roots=[clips_root]))
     yield s
     s.stop(worker_grace=10)
-
-
-@pytest.fixture(scope="module")
-def client(svc):
-    with httpx.Client(base_url=svc.api_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def jobstore(svc):
-    st = JobStore.from_url(svc.redis_url)
-    yield st
-    st.r.close()
 
 
 def videotag_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
