@@ -5,10 +5,11 @@ in its own spawned process, so peak RSS does not mix; models are loaded and warm
 Configurations are interleaved round by round (1, 2, 4, 1, 2, 4, ...) so machine noise hits them alike, and the
 ratio to 1 decoder is taken per round. Two workloads:
   - real: the clips in VIDEOS (../shared/videos), repeated `--repeat` times, at `--frames` frames (300);
-  - short: `--short N` generated 2-second H.264 clips (50 frames, 320x240), where one video cannot fill a batch.
+  - short: `--short N` generated 2-second H.264 clips (50 frames, 320x240), where one video cannot fill a batch;
+  - decode only (`--decode-only`): the real clips with a no-op CNN, to see decoding scale with decoder threads.
 
     python benchmarks/bench_decoders.py [../shared/videos] [--decoders 1,2,4] [--rounds 3] [--repeat 2]
-        [--short 40] [--backbone NAME] [--out bench_decoders.json]
+        [--short 40] [--decode-only] [--backbone NAME] [--out bench_decoders.json]
 """
 
 from __future__ import annotations
@@ -30,7 +31,21 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 VIDEO_EXT = {".mp4", ".mkv", ".webm", ".avi", ".mov"}
 
 
-def _run(videos: list[str], frames: int, decoders: int, backbone: str | None, q: mp.Queue) -> None:
+class NullCNN:
+    """Decode-only: the real preprocessing, but the CNN returns zeros at once (shows how decoding scales with
+    decoder threads, i.e. that the GIL does not serialise them)."""
+
+    def __init__(self, real) -> None:
+        self.preprocess, self.sampling, self.provider = real.preprocess, real.sampling, real.provider
+        self.dim = real.feature_dim
+
+    def __call__(self, x):
+        import numpy as np
+
+        return np.zeros((len(x), self.dim), np.float32)
+
+
+def _run(videos: list[str], frames: int, decoders: int, backbone: str | None, q: mp.Queue, null_cnn: bool) -> None:
     """In a fresh process: warm the models, then time stage 1 over `videos` with `decoders` decoders."""
     from extractor.engine import Extraction
     from videotag import pipeline
@@ -38,6 +53,8 @@ def _run(videos: list[str], frames: int, decoders: int, backbone: str | None, q:
 
     s = Settings(frames=frames, decoders=decoders, **({"backbone": backbone} if backbone else {}))
     ex = pipeline.get_extractor(s)
+    if null_cnn:
+        ex = NullCNN(ex)
     list(pipeline.extraction_stream(videos[:1], ex, s))  # warm-up: sessions, first-call allocations
     rss_warm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     t = time.perf_counter()
@@ -52,10 +69,10 @@ def _run(videos: list[str], frames: int, decoders: int, backbone: str | None, q:
     })  # fmt: skip
 
 
-def measure(videos: list[str], frames: int, decoders: int, backbone: str | None) -> dict:
+def measure(videos: list[str], frames: int, decoders: int, backbone: str | None, null_cnn: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(videos, frames, decoders, backbone, q))
+    p = ctx.Process(target=_run, args=(videos, frames, decoders, backbone, q, null_cnn))
     p.start()
     res = q.get(timeout=3600)
     p.join()
@@ -75,11 +92,14 @@ def short_clips(n: int, root: Path) -> list[str]:
     return out
 
 
-def bench(name: str, videos: list[str], frames: int, decoders: list[int], rounds: int, backbone: str | None) -> dict:
+def bench(
+    name: str, videos: list[str], frames: int, decoders: list[int], rounds: int, backbone: str | None,
+    null_cnn: bool = False,
+) -> dict:  # fmt: skip
     runs: dict[int, list[dict]] = {d: [] for d in decoders}
     for r in range(rounds):
         for d in decoders:
-            res = measure(videos, frames, d, backbone)
+            res = measure(videos, frames, d, backbone, null_cnn)
             runs[d].append(res)
             print(f"  [{name}] round {r + 1} decoders {d}: {res['seconds']:.1f} s, {res['ok']} ok, "
                   f"peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
@@ -116,6 +136,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--short", type=int, default=40, help="generated 2 s clips for the short workload (0: skip)")
     ap.add_argument("--short-frames", type=int, default=32, help="frames sampled per short clip")
+    ap.add_argument("--decode-only", action="store_true", help="also the real clips with a no-op CNN")
     ap.add_argument("--backbone", default=None, help="backbone name under weights/ (default: the settings')")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args()
@@ -126,6 +147,10 @@ def main() -> None:
     results = {"cpus": os.cpu_count(), "load_start": os.getloadavg(), "workloads": []}
     if real:
         results["workloads"].append(bench("real clips", real, a.frames, decoders, a.rounds, a.backbone))
+        if a.decode_only:
+            results["workloads"].append(
+                bench("real clips, decode only", real, a.frames, decoders, a.rounds, a.backbone, null_cnn=True)
+            )
     if a.short:
         with tempfile.TemporaryDirectory(prefix="bench-decoders-") as tmp:
             clips = short_clips(a.short, Path(tmp))
