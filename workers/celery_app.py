@@ -181,9 +181,9 @@ def worker_pool(queues: str, decoders: int, predict_batch: int, processes: int |
     if ("extract" in names and decoders > 1) or ("predict" in names and predict_batch > 1):
         if processes and processes > 1:
             raise ValueError(
-                f"--concurrency {processes} sets prefork processes, but this worker shares one model among "
-                f"{threads} threads (decoders {decoders}, predict batch {predict_batch}): set decoders and predict "
-                "batch to 1 for processes, or run more workers"
+                f"{processes} pool processes asked for, but this worker shares one model among {threads} threads "
+                f"(decoders {decoders}, predict batch {predict_batch}); processes need decoders 1 (extract) and "
+                "predict batch 1 (predict), or run more workers"
             )
         return "threads", threads
     return "prefork", processes or 1

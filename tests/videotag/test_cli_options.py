@@ -49,3 +49,23 @@ def test_version_and_defaults_in_help() -> None:
     for text in ("Tags per video [default: 20]", "Frames sampled uniformly per video [default: 300]",
                  "[default: --topk, all that are kept]"):  # fmt: skip
         assert text in out, text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--predict-workers", "2"], "--predict-workers 2: 2 pool processes asked for, but this worker "
+         "shares one model among 16 threads"),
+        (["serve", "--extract-workers", "2", "--decoders", "3"], "--extract-workers 2: 2 pool processes asked for"),
+        (["worker", "--queues", "predict", "-c", "3"], "--concurrency 3: 3 pool processes asked for"),
+        (["tag", "--decoders", "-1"], "--decoders: Input should be greater than or equal to 0"),
+        (["serve", "--predict-batch", "0"], "--predict-batch: Input should be greater than or equal to 1"),
+    ],
+)
+def test_worker_pools_refused_before_anything_starts(args: list[str], message: str, tmp_path: Path) -> None:
+    """Processes where videos share one model (threads) are refused at once, naming the option; no Redis, no
+    worker was started (the data dir stays empty)."""
+    r = videotag(*args, "--data-dir", str(tmp_path / "data")) if args[0] != "tag" else videotag(*args, "x.mp4")
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and message in err and "Traceback" not in err, r.stderr
+    assert not (tmp_path / "data").exists()

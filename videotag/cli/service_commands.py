@@ -72,7 +72,8 @@ def serve(
 
     # the workers get these as VIDEOTAG_* variables
     settings = make_settings(data_dir=data_dir, device=device, decoders=decoders, predict_batch=predict_batch)
-    _check_pools(settings, {"extract": extract_workers, "predict": predict_workers})
+    _check_pools(settings, {"extract": ("--extract-workers", extract_workers),
+                            "predict": ("--predict-workers", predict_workers)})  # fmt: skip
     _ensure_defaults(settings, None)
     svc = Service(settings, host=host, port=port, extract_concurrency=extract_workers,
                   predict_concurrency=predict_workers, redis_port=redis_port, workers=workers)  # fmt: skip
@@ -89,17 +90,18 @@ def serve(
         raise typer.Exit(1)
 
 
-def _check_pools(settings: Settings, processes: dict[str, int]) -> None:
-    """Refuse, before starting anything, prefork processes asked for where videos share one model (threads)."""
+def _check_pools(settings: Settings, processes: dict[str, tuple[str, int]]) -> None:
+    """Refuse, before starting anything, prefork processes asked for where videos share one model (threads).
+    `processes`: queue -> (the option that asked, how many)."""
     from videotag.core.onnx_sessions import choose_providers
     from workers.celery_app import worker_pool
 
     decoders = settings.decoders_for(choose_providers(settings.onnx_providers)[0])
-    for queue, n in processes.items():
+    for queue, (option, n) in processes.items():
         try:
             worker_pool(queue, decoders, settings.predict_batch, n)
         except ValueError as e:
-            fail(f"{queue} worker: {e}")
+            fail(f"{option} {n}: {e}")
 
 
 @app.command()
@@ -124,7 +126,7 @@ def worker(
         if value is not None:
             os.environ[f"VIDEOTAG_{name}"] = str(value)  # the tasks read get_settings()
     settings = make_settings(data_dir=data_dir)
-    _check_pools(settings, {q: concurrency or 1 for q in ("extract", "predict") if q in queues})
+    _check_pools(settings, {q: ("--concurrency", concurrency or 1) for q in ("extract", "predict") if q in queues})
     _connect(settings)
     from workers.__main__ import main as worker_main
 
