@@ -152,6 +152,11 @@ def auto_batch_size(extractor: FrameExtractor, requested: int = 0) -> int:
     return 8 if extractor.provider == "CPUExecutionProvider" else 64
 
 
+def stage1_sizes(extractor: FrameExtractor, settings: Settings) -> tuple[int, int]:
+    """(frames per CNN batch, decoders) for this backbone: as set, else automatic for its provider."""
+    return auto_batch_size(extractor, settings.batch_size), settings.decoders_for(extractor.provider)
+
+
 @cache  # never evicted: an engine's threads live as long as it is cached
 def _engine(extractor: FrameExtractor, frames: int, batch: int, decoders: int) -> ExtractionEngine:
     return ExtractionEngine(extractor, frames, batch_size=batch, decoders=decoders)
@@ -161,8 +166,7 @@ def get_engine(settings: Settings, model: str | None = None) -> ExtractionEngine
     """This process's stage-1 engine for `model`'s backbone (shared by the extract worker's threads)."""
     with _LOAD_LOCK:
         ex = get_extractor(settings, model)
-        batch = auto_batch_size(ex, settings.batch_size)
-        return _engine(ex, settings.frames, batch, settings.decoders_for(ex.provider))
+        return _engine(ex, settings.frames, *stage1_sizes(ex, settings))
 
 
 @cache  # never evicted: a batcher's thread lives as long as it is cached
@@ -190,8 +194,7 @@ def extraction_stream(
 ) -> Iterator[Extraction | _Failed]:
     """Stage 1, assembled once for every caller: decode + sample (the model's rule) ahead while the CNN runs in
     batches; one Extraction (or _Failed) per local path, in order."""
-    batch = auto_batch_size(extractor, settings.batch_size)
-    decoders = settings.decoders_for(extractor.provider)
+    batch, decoders = stage1_sizes(extractor, settings)
     return extract_many(list(paths), extractor, settings.frames, sampling_for(settings, model), batch, decoders)
 
 

@@ -23,12 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     import os
 
-    from videotag.core.onnx_sessions import choose_providers
     from videotag.core.settings import get_settings
     from workers.celery_app import app, worker_argv, worker_pool
 
     settings = get_settings()
-    decoders = settings.decoders_for(choose_providers(settings.onnx_providers)[0]) if "extract" in a.queues else 1
+    decoders = settings.planned_decoders() if "extract" in a.queues else 1
     try:
         pool, size = worker_pool(a.queues, decoders, settings.predict_batch, a.concurrency)
     except ValueError as e:

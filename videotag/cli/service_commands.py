@@ -93,10 +93,9 @@ def serve(
 def _check_pools(settings: Settings, processes: dict[str, tuple[str, int]]) -> None:
     """Refuse, before starting anything, prefork processes asked for where videos share one model (threads).
     `processes`: queue -> (the option that asked, how many)."""
-    from videotag.core.onnx_sessions import choose_providers
     from workers.celery_app import worker_pool
 
-    decoders = settings.decoders_for(choose_providers(settings.onnx_providers)[0])
+    decoders = settings.planned_decoders()
     for queue, (option, n) in processes.items():
         try:
             worker_pool(queue, decoders, settings.predict_batch, n)

@@ -177,6 +177,13 @@ class Settings(BaseSettings):
             return max(1, cores // 4)
         return min(8, max(2, cores // 2))
 
+    def planned_decoders(self) -> int:
+        """`decoders_for` the provider a session would get on this machine, without loading a model (what a
+        worker sizes its pool by)."""
+        from videotag.core.onnx_sessions import choose_providers
+
+        return self.decoders_for(choose_providers(self.onnx_providers)[0])
+
     @property
     def onnx_providers(self) -> tuple[str, ...]:
         """The ONNX Runtime providers `device` (or, for auto, `providers`) asks for, in order."""
