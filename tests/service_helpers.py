@@ -166,7 +166,11 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: fl
 
 def wait_batch(client: httpx.Client, batch_id: str, timeout: float = 240.0) -> dict:
     def done():
-        b = client.get(f"/v1/batches/{batch_id}").json()
+        r = client.get(f"/v1/batches/{batch_id}")
+        if r.status_code == 503:  # Redis is restarting: the API says so (tests of faults wait through it)
+            return None
+        b = r.json()
+        assert r.status_code == 200, b
         return b if b["status"] == "complete" and b["results_dir"] else None
 
     return wait_for(done, timeout, f"batch {batch_id} to complete")  # type: ignore[return-value]

@@ -7,10 +7,11 @@ predict worker with `predict_batch` > 1 runs one process whose threads share one
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse the worker options and run one Celery worker on the given queues."""
+    """Parse the worker options and run one Celery worker on the given queues; exits with the worker's status."""
     ap = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     ap.add_argument("--queues", "-Q", default="extract,predict", help="extract, predict or extract,predict")
     ap.add_argument(
@@ -34,7 +35,14 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(e))
     os.environ["VIDEOTAG_WORKER_QUEUES"] = a.queues  # what the pool warms up (after fork, for prefork)
     os.environ["VIDEOTAG_WORKER_POOL"] = pool
-    app.worker_main(worker_argv(a.queues, size, a.loglevel, a.hostname, a.events, pool=pool))
+    # Celery's own `app.worker_main` drops the worker's exit status, so a worker that stopped on an unrecoverable
+    # error exited 0 and `restart: on-failure` style supervisors left it down. Run its CLI and keep the status.
+    from celery.bin.celery import celery as celery_cli
+
+    celery_cli.params[0].default = app
+    rc = celery_cli.main(args=worker_argv(a.queues, size, a.loglevel, a.hostname, a.events, pool=pool),
+                         standalone_mode=False)  # fmt: skip
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import redis.exceptions as rx
 from celery import Celery, Signature
 from celery.worker.consumer import Consumer as _Consumer
 from kombu.exceptions import OperationalError
+from kombu.transport import redis as _kombu_redis
 
 from videotag.core.settings import Settings, get_settings
 
@@ -117,6 +119,28 @@ class Consumer(_Consumer):
         ensure = conn.ensure_connection
         conn.ensure_connection = lambda *a, **kw: ensure(*a, **{**RECONNECT_INTERVALS, **kw})
         return super().ensure_connected(conn)
+
+
+# ---- kombu: a broker lost with messages in hand must not end the worker ----------------------------------------
+# When Redis goes away while a worker holds unacked messages and waits in BRPOP, Celery's consumer tears the
+# connection down twice: `collect()` closes the channel, which fails part-way on the dead server (draining the
+# BRPOP, deleting the pidbox fanout binding) before the channel is marked closed, then drops the transport's
+# client; `close()` closes the same channel again, and kombu's restore of the unacked messages asks the dropped
+# client for its host: AttributeError, not a connection error, so Celery logs "Unrecoverable error" and the
+# worker exits (kombu 5.7). Seen in the fault test with a threads pool, where messages are almost always in hand.
+# Here a channel whose transport is closed says so with a connection error, which the teardown expects and
+# ignores; the consumer reconnects. The unacked messages stay in Redis's `unacked` hash, from where the
+# visibility timeout (or `videotag serve`'s recovery after restarting its Redis) puts them back in the queue.
+_kombu_connparams = _kombu_redis.Channel._connparams
+
+
+def _connparams_of_an_open_transport(self: _kombu_redis.Channel, asynchronous: bool = False) -> dict:
+    if self.connection is None or self.connection.client is None:
+        raise rx.ConnectionError("the broker connection was closed (the server went away)")
+    return _kombu_connparams(self, asynchronous=asynchronous)
+
+
+_kombu_redis.Channel._connparams = _connparams_of_an_open_transport
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -272,9 +296,15 @@ def signature(job_id: str, stage: str = "extract", location: dict | None = None)
     return app.signature(TASKS[stage], args=args, immutable=True, task_id=task_id_for(job_id, stage))
 
 
-def enqueue(items: list[tuple[str, str, dict | None]]) -> None:
-    """Publish [(job_id, stage, location)] over one broker connection."""
-    with app.producer_or_acquire() as producer:
+def enqueue(items: list[tuple[str, str, dict | None]], redis_url: str | None = None) -> None:
+    """Publish [(job_id, stage, location)] over one broker connection: from the app's pool, or to `redis_url`
+    (a process that owns a Redis its app is not configured for: `videotag serve`'s supervisor)."""
+    with ExitStack() as stack:
+        if redis_url is None:
+            producer = stack.enter_context(app.producer_or_acquire())
+        else:
+            conn = stack.enter_context(app.connection_for_write(celery_broker_url(redis_url)))
+            producer = stack.enter_context(app.amqp.Producer(conn, auto_declare=False))
         for job_id, stage, location in items:
             signature(job_id, stage, location).apply_async(producer=producer)
 

@@ -158,11 +158,12 @@ def submit_repredict(
     return info
 
 
-def resume(jobstore: JobStore, include_unacked: bool = True) -> dict[str, int]:
+def resume(jobstore: JobStore, include_unacked: bool = True, redis_url: str | None = None) -> dict[str, int]:
     """Re-enqueue every unfinished job that has no message in the broker (after a restart).
 
     A job with its features already stored goes straight to `predict`; others restart at `extract`. Returns
     counts. Safe to run twice (a lock; and a duplicate message only repeats idempotent work, never a result).
+    `redis_url`: publish there rather than through this process's Celery app (see `celery_app.enqueue`).
     """
     if not jobstore.claim("resume", ttl_s=300):
         return {"skipped": 1}
@@ -183,7 +184,7 @@ def resume(jobstore: JobStore, include_unacked: bool = True) -> dict[str, int]:
             else:
                 todo.append((job.id, "extract", None))
         for start in range(0, len(todo), _CHUNK):
-            celery_app.enqueue(todo[start : start + _CHUNK])
+            celery_app.enqueue(todo[start : start + _CHUNK], redis_url=redis_url)
         return {"active": len(active), "in_queue": len(pending), "requeued": len(todo), "stale": stale}
     finally:
         jobstore.release("resume")

@@ -230,7 +230,7 @@ class Service:
             n = restore_unacked(self.redis_url or "")
             st = JobStore.from_url(self.redis_url or "")
             try:
-                counts = resume(st, include_unacked=True)
+                counts = resume(st, include_unacked=True, redis_url=self.redis_url)  # our app has no broker
             finally:
                 st.r.close()
             log.warning("after the Redis restart: %d in-flight message(s) requeued, resume: %s", n, counts)

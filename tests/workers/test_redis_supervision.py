@@ -188,6 +188,62 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def test_batching_worker_lives_through_a_redis_kill_with_videos_in_hand(tmp_path, weights):
+    """A worker that holds unacked messages while it waits in BRPOP when Redis dies must reconnect, not exit.
+
+    Regression: with kombu 5.7 such a worker died with "Unrecoverable error: AttributeError(... 'hostname')" and
+    exit status 0 (CI caught it under load). Here the predict worker's MicroBatcher gathers for up to 1 s, and the
+    embedded Redis is SIGKILLed as soon as a predict message is delivered and not yet acked; kombu's own log line
+    ("Restoring N unacknowledged message(s)") proves the messages were in hand (else the round is run again)."""
+    clips_root = tmp_path / "clips"
+    settings = service_settings(tmp_path, weights, path_roots=[clips_root], predict_batch=8, predict_wait_ms=1000)
+    svc = Service(settings, port=free_port()).start()
+    log_path = Path(settings.data_dir) / "logs" / "predict-worker.log"
+    stop = threading.Event()
+
+    def supervise() -> None:  # what `serve` does: restart the dead Redis, requeue what was in flight
+        while not stop.is_set():
+            svc.poll()
+            time.sleep(0.2)
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    c = httpx.Client(base_url=svc.api_url, timeout=30)
+    try:
+        wait_for(lambda: _get_ok(c, "/readyz"), 120, "the service to be ready")
+        worker = svc.child("predict-worker").proc
+        supervisor.start()
+        for attempt in range(3):
+            clips = make_clips(clips_root / str(attempt), 3, prefix=f"ih{attempt}", frames=12)
+            r = c.post("/v1/batches", json={"paths": [str(p) for p in clips]})
+            assert r.status_code == 202, r.text
+            batch_id = r.json()["batch_id"]
+            with redis.Redis.from_url(svc.redis_url) as rc:
+                wait_for(lambda rc=rc: any(json.loads(v)[2] == "predict" for v in rc.hgetall("unacked").values()),
+                         120, "a predict message delivered and not yet acked", interval=0.02)  # fmt: skip
+            redis_pid = svc.redis.pid
+            restoring = log_path.read_text(errors="replace").count("unacknowledged message(s)")
+            os.kill(redis_pid, signal.SIGKILL)
+            wait_for(lambda pid=redis_pid: svc.redis.pid != pid, 30, "the embedded Redis restarted", interval=0.1)
+            batch = wait_batch(c, batch_id, timeout=180)
+            assert (batch["total"], batch["done"], batch["failed"]) == (3, 3, 0), batch
+            assert len({it["result"]["video_id"] for it in all_results(c, batch_id)}) == 3
+            rows = (Path(batch["results_dir"]) / "results.jsonl").read_text().splitlines()
+            assert sorted(json.loads(r)["source"] for r in rows) == sorted(str(p) for p in clips)  # exactly once
+            log = log_path.read_text(errors="replace")
+            assert "Unrecoverable error" not in log, log[-3000:]
+            assert worker.poll() is None and svc.child("predict-worker").proc is worker, "the predict worker exited"
+            if log.count("unacknowledged message(s)") > restoring:
+                break  # the kill found messages in hand: the case under test happened and was survived
+        else:
+            pytest.fail("in 3 rounds the Redis kill never found a predict message in hand (kombu logged no restore)")
+    finally:
+        c.close()
+        stop.set()
+        if supervisor.is_alive():
+            supervisor.join(10)
+        svc.stop(worker_grace=5)
+
+
 def test_redis_restarts_are_bounded_and_reaped(tmp_path, weights):
     """Each death is reaped and restarted on the same data (a key written before survives); after 5 restarts in
     a minute the supervisor gives up and `run()` returns 1, so whatever runs `serve` restarts the whole thing."""
