@@ -244,6 +244,31 @@ def test_batching_worker_lives_through_a_redis_kill_with_videos_in_hand(tmp_path
         svc.stop(worker_grace=5)
 
 
+def test_resume_publishes_to_the_redis_it_is_given(tmp_path):
+    """`serve`'s recovery runs in a process whose Celery app has no broker (the Redis is its own, embedded): the
+    jobs left without a message are published to the Redis it names, as the messages the workers take."""
+    from workers import celery_app
+    from workers.jobstore import JobStore
+    from workers.redis_server import EmbeddedRedis
+    from workers.submit import resume
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    try:
+        st = JobStore.from_url(url)
+        a = st.create_job("/v/a.mp4", "/v/a.mp4")
+        b = st.create_job("/v/b.mp4", "/v/b.mp4")
+        st.advance(b.id, status="extracted", location={"path": "/f/b.h5", "video_id": "b"})
+        assert celery_app.app.conf.broker_url != celery_app.celery_broker_url(url)  # not this process's broker
+        assert resume(st, redis_url=url) == {"active": 2, "in_queue": 0, "requeued": 2, "stale": 0}
+        assert celery_app.queue_depths(st.r) == {"extract": 1, "predict": 1}
+        assert celery_app.queued_job_ids(st.r) == {a.id, b.id}
+        assert resume(st, redis_url=url)["requeued"] == 0  # they have their messages now
+        st.r.close()
+    finally:
+        server.stop()
+
+
 def test_redis_restarts_are_bounded_and_reaped(tmp_path, weights):
     """Each death is reaped and restarted on the same data (a key written before survives); after 5 restarts in
     a minute the supervisor gives up and `run()` returns 1, so whatever runs `serve` restarts the whole thing."""
